@@ -1,0 +1,3 @@
+"""CLI verbs of this stage (registered on import)."""
+
+from __future__ import annotations

@@ -1,0 +1,1 @@
+"""The dataset dir: manifest, image store, decoding, ingest and the tools that change it."""

@@ -1,0 +1,142 @@
+"""Image decoding: one place that turns bytes into RGB pixels, safely.
+
+Handles JPEG, PNG, WebP, GIF (first frame), BMP and TIFF; CMYK, palette, alpha (flattened on
+white) and 16-bit modes; EXIF orientation. A JPEG that only needs to be small is decoded straight
+to a reduced size with `Image.draft`. Corrupt, truncated, empty and non-image data, and images with
+more pixels than `MAX_PIXELS` (decompression bombs), raise `ImageError` with a short reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from fashion_tagger.errors import FashionTaggerError
+
+MAX_PIXELS = 64_000_000
+"""Images larger than this (e.g. 8000 x 8000) are refused as decompression bombs."""
+
+FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif"}
+EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+
+# PIL's own bomb check warns at MAX_IMAGE_PIXELS and fails at twice that; ours is stricter and
+# applies before any pixel is decoded, so PIL's is only a backstop.
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS * 2
+
+
+class ImageError(FashionTaggerError):
+    """The bytes are not an image we can use; `reason` is a short machine-friendly tag."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    sha256: str
+    ext: str
+    width: int
+    height: int
+
+
+def _open(data: bytes) -> Image.Image:
+    if not data:
+        raise ImageError("empty", "zero bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError("decompression_bomb", str(exc)) from exc
+    except Exception as exc:  # PIL raises many types for non-images
+        raise ImageError("not_an_image", str(exc) or type(exc).__name__) from exc
+    if img.format not in FORMATS:
+        raise ImageError("unsupported_format", str(img.format))
+    w, h = img.size
+    if w <= 0 or h <= 0:
+        raise ImageError("corrupt", f"size {w}x{h}")
+    if w * h > MAX_PIXELS:
+        raise ImageError("decompression_bomb", f"{w}x{h} pixels is more than {MAX_PIXELS:,}")
+    return img
+
+
+def _oriented_size(img: Image.Image) -> tuple[int, int]:
+    w, h = img.size
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+    except Exception:
+        orientation = 1
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def probe(data: bytes) -> ImageInfo:
+    """Check that `data` decodes completely; return its hash, extension and (oriented) size.
+
+    JPEGs are decoded at 1/8 scale: every byte is still read, so truncation is caught, at a
+    fraction of the cost of a full decode.
+    """
+    img = _open(data)
+    size = _oriented_size(img)
+    ext = FORMATS[img.format]
+    try:
+        if img.format == "JPEG":
+            img.draft("RGB", (max(1, img.size[0] // 8), max(1, img.size[1] // 8)))
+        img.load()
+    except Exception as exc:
+        raise ImageError("corrupt", str(exc) or type(exc).__name__) from exc
+    return ImageInfo(hashlib.sha256(data).hexdigest(), ext, size[0], size[1])
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode to RGB: alpha flattened on white, 16-bit scaled down, CMYK converted."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float32)
+        hi = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA") or (
+        img.mode in ("RGB", "L") and "transparency" in img.info
+    ):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("RGB") if img.mode != "RGB" else img
+
+
+def decode(source: bytes | str | Path, size: int | None = None) -> Image.Image:
+    """Decode to an upright RGB image; with `size`, JPEGs decode at no less than `size` per side."""
+    data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    img = _open(data)
+    try:
+        if size and img.format == "JPEG":
+            img.draft("RGB", (size, size))
+        if getattr(img, "is_animated", False):
+            img.seek(0)
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        return to_rgb(img)
+    except ImageError:
+        raise
+    except Exception as exc:
+        raise ImageError("corrupt", str(exc) or type(exc).__name__) from exc
+
+
+def encode_jpeg(img: Image.Image, quality: int = 90) -> bytes:
+    buf = io.BytesIO()
+    to_rgb(img).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def encode_png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=False)
+    return buf.getvalue()

@@ -1,0 +1,326 @@
+"""Streaming ingest: turn a source's records into a dataset dir, in parallel, resumably.
+
+Every importer (and the crawler) yields `Record`s; `ingest` validates each image in worker
+processes, stores it once in the content-addressed store, and writes the manifest. Memory stays
+bounded: records are read lazily, a fixed number of batches is in flight, and rows are flushed to
+part files under `<out>/.import/` as they come. A re-run with the same arguments skips every
+record already flushed, and images already in the store are not decoded again.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from fashion_tagger import _progress
+from fashion_tagger._io import atomic_path, write_json_atomic
+from fashion_tagger.dataset import images, manifest, store
+from fashion_tagger.dataset.core import Dataset
+from fashion_tagger.errors import DatasetError
+
+STATE_DIR = ".import"
+REPORT_FILE = "import_report.json"
+BATCH = 128
+FLUSH_ROWS = 4096
+
+
+@dataclass
+class Record:
+    """One image of a source, with its labels. `load` is called only if the record is new.
+
+    Attributes:
+        key: stable and unique within the source (e.g. the zip entry); the resume key.
+        load: returns the image bytes; may raise OSError/ValueError (recorded as skipped).
+        error: a reason known before loading (e.g. "missing_image"); the record is skipped.
+    """
+
+    key: str
+    labels: list[str]
+    item_id: str
+    load: Callable[[], bytes] | None = None
+    attributes: list[str] = field(default_factory=list)
+    split: str = ""
+    source_url: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    detail: str = ""
+
+
+@dataclass
+class ImportResult:
+    dataset: Dataset
+    report: dict[str, Any]
+    resumed: bool = False
+    up_to_date: bool = False
+
+
+def fingerprint(kind: str, **args: Any) -> str:
+    """A stable hash of an import's kind and arguments: a re-run must match it to resume."""
+    text = json.dumps({"kind": kind, **args}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# -- worker side ------------------------------------------------------------------------------
+def _probe_batch(
+    root: str, batch: list[bytes]
+) -> list[tuple[str, str, int, int] | tuple[str, str]]:
+    """Validate a batch of images; returns (sha, ext, w, h) or ("!", reason detail) per image."""
+    out: list[Any] = []
+    for data in batch:
+        try:
+            sha = hashlib.sha256(data).hexdigest()
+            known = _stored_info(Path(root), sha)
+            if known is not None:
+                out.append((sha, *known))
+                continue
+            info = images.probe(data)
+            out.append((info.sha256, info.ext, info.width, info.height))
+        except images.ImageError as exc:
+            out.append(("!", exc.reason, exc.detail[:300]))
+    return out
+
+
+def _stored_info(root: Path, sha: str) -> tuple[str, int, int] | None:
+    """Ext and size of an image already in the store (validated when stored): header only."""
+    folder = root / store.IMAGES_DIR / sha[:2]
+    if not folder.is_dir():
+        return None
+    for path in folder.glob(f"{sha}.*"):
+        try:
+            with Image.open(path) as img:
+                w, h = img.size
+                orientation = img.getexif().get(0x0112, 1)
+            return (path.suffix[1:], *((h, w) if orientation in (5, 6, 7, 8) else (w, h)))
+        except Exception:
+            return None
+    return None
+
+
+# -- main side --------------------------------------------------------------------------------
+class _State:
+    """Part files and skipped records of an unfinished import, under `<out>/.import/`."""
+
+    def __init__(self, out: Path, fp: str) -> None:
+        self.dir = out / STATE_DIR
+        state_file = self.dir / "state.json"
+        if state_file.is_file():
+            old = json.loads(state_file.read_text()).get("fingerprint")
+            if old != fp:
+                raise DatasetError(
+                    f"{out} holds an unfinished import made with other arguments. Re-run it with "
+                    f"the same arguments to resume, or delete {self.dir} to start over."
+                )
+        self.dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(state_file, {"fingerprint": fp})
+        self.parts = sorted(self.dir.glob("part-*.parquet"))
+        self.skipped_path = self.dir / "skipped.jsonl"
+
+    def done_keys(self) -> set[str]:
+        keys: set[str] = set()
+        for part in self.parts:
+            keys.update(pq.read_table(part, columns=["_key"]).column("_key").to_pylist())
+        for entry in self.skipped():
+            keys.add(entry["key"])
+        return keys
+
+    def skipped(self) -> list[dict[str, str]]:
+        if not self.skipped_path.is_file():
+            return []
+        out = []
+        for line in self.skipped_path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut short by a crash
+                continue
+        return out
+
+    def add_skipped(self, entries: list[dict[str, str]]) -> None:
+        if entries:
+            with open(self.skipped_path, "a") as f:
+                f.writelines(json.dumps(e) + "\n" for e in entries)
+                f.flush()
+                os.fsync(f.fileno())
+
+    def flush(self, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        schema = manifest.SCHEMA.append(pa.field("_key", pa.string()))
+        table = pa.Table.from_pylist(rows, schema=schema)
+        path = self.dir / f"part-{len(self.parts):05d}.parquet"
+        with atomic_path(path) as tmp:
+            pq.write_table(table, tmp)
+        self.parts.append(path)
+
+    def table(self) -> pa.Table:
+        if not self.parts:
+            return manifest.rows_to_table([])
+        return pa.concat_tables([pq.read_table(p) for p in self.parts]).drop(["_key"])
+
+
+def ingest(
+    records: Iterable[Record],
+    out: str | Path,
+    *,
+    kind: str,
+    fp: str,
+    name: str,
+    levels: list[str],
+    source: str,
+    total: int | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+    extra_info: dict[str, Any] | None = None,
+) -> ImportResult:
+    """Validate, store and index `records` into the dataset dir `out`.
+
+    Args:
+        kind: the importer's name, recorded in dataset.json.
+        fp: `fingerprint(...)` of the import's arguments; a re-run must give the same.
+        levels: names of the label levels, root first.
+        source: what the data came from (a path or URL), for dataset.json and each row.
+        total: number of records, when known, for the progress bar.
+        workers: decoding processes (default: all cores).
+    """
+    out = Path(out)
+    if (out / manifest.INFO_FILE).is_file() and not (out / STATE_DIR).is_dir():
+        info = manifest.read_info(out)
+        if info.get("import", {}).get("fingerprint") == fp:
+            report_path = out / REPORT_FILE
+            report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+            return ImportResult(Dataset.open(out), report, up_to_date=True)
+        raise DatasetError(
+            f"{out} already holds a dataset ({info.get('name')!r}, imported with other "
+            "arguments); choose another --out or delete it first."
+        )
+
+    state = _State(out, fp)
+    done = state.done_keys()
+    resumed = bool(done)
+    workers = workers or os.cpu_count() or 1
+    pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn")) if workers > 1 else None
+    in_flight: collections.deque[tuple[list[Record], Future | list]] = collections.deque()
+    rows: list[dict[str, Any]] = []
+    seen: set[str] = set()
+
+    def submit(batch: list[Record], datas: list[bytes]) -> None:
+        if pool is None:
+            in_flight.append((batch, _probe_batch(str(out), datas)))
+        else:
+            in_flight.append((batch, pool.submit(_probe_batch, str(out), datas)))
+
+    def drain_one(bar: _progress.Bar) -> None:
+        batch, fut = in_flight.popleft()
+        results = fut.result() if isinstance(fut, Future) else fut
+        skipped = []
+        for rec, res in zip(batch, results, strict=True):
+            if res[0] == "!":
+                skipped.append({"key": rec.key, "reason": res[1], "detail": res[2]})
+                continue
+            sha, ext, w, h = res
+            data = rec._data  # type: ignore[attr-defined]
+            rel = store.put(out, sha, ext, data)
+            rows.append(
+                {
+                    "image": rel,
+                    "sha256": sha,
+                    "item_id": rec.item_id,
+                    "labels": rec.labels,
+                    "attributes": rec.attributes,
+                    "split": rec.split,
+                    "source": kind,
+                    "source_url": rec.source_url,
+                    "width": w,
+                    "height": h,
+                    "meta": json.dumps(rec.meta, ensure_ascii=False, default=str),
+                    "_key": rec.key,
+                }
+            )
+        for rec in batch:
+            rec._data = None  # type: ignore[attr-defined]
+        state.add_skipped(skipped)
+        bar.advance(len(batch))
+        if len(rows) >= FLUSH_ROWS:
+            state.flush(rows)
+            rows.clear()
+
+    try:
+        with _progress.bar(f"import {kind}", total=total, enabled=progress) as bar:
+            batch: list[Record] = []
+            datas: list[bytes] = []
+            pre_skipped: list[dict[str, str]] = []
+            for rec in records:
+                if rec.key in done:
+                    bar.advance()
+                    continue
+                if rec.key in seen:
+                    raise DatasetError(f"importer bug: record key {rec.key!r} is not unique")
+                seen.add(rec.key)
+                data = None
+                if rec.error is None:
+                    try:
+                        data = rec.load() if rec.load else None
+                        if data is None:
+                            rec.error, rec.detail = "missing_image", "no image data"
+                    except (OSError, ValueError, KeyError) as exc:
+                        rec.error, rec.detail = "unreadable", str(exc)[:300]
+                if rec.error is not None:
+                    pre_skipped.append({"key": rec.key, "reason": rec.error, "detail": rec.detail})
+                    bar.advance()
+                    continue
+                rec._data = data  # type: ignore[attr-defined]
+                batch.append(rec)
+                datas.append(data)
+                if len(batch) >= BATCH:
+                    submit(batch, datas)
+                    batch, datas = [], []
+                    state.add_skipped(pre_skipped)
+                    pre_skipped = []
+                    while len(in_flight) > 2 * workers:
+                        drain_one(bar)
+            if batch:
+                submit(batch, datas)
+            state.add_skipped(pre_skipped)
+            while in_flight:
+                drain_one(bar)
+            state.flush(rows)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+    table = state.table()
+    skipped = state.skipped()
+    reasons = collections.Counter(s["reason"] for s in skipped)
+    report = {
+        "kind": kind,
+        "source": source,
+        "imported": table.num_rows,
+        "skipped": len(skipped),
+        "reasons": dict(sorted(reasons.items())),
+        "skipped_records": skipped,
+    }
+    info = {
+        "name": name,
+        "levels": levels,
+        "sources": [{"kind": kind, "source": source, "imported_at": manifest.now()}],
+        "import": {"kind": kind, "fingerprint": fp},
+        **(extra_info or {}),
+    }
+    if table.num_rows == 0:
+        raise DatasetError(f"no usable image found in {source} ({len(skipped)} skipped)")
+    write_json_atomic(out / REPORT_FILE, report)
+    ds = Dataset.create(out, table, info)
+    shutil.rmtree(state.dir, ignore_errors=True)
+    return ImportResult(ds, report, resumed=resumed)
