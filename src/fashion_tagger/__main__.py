@@ -1,0 +1,5 @@
+"""`python -m fashion_tagger` is `fashion-tagger`."""
+
+from fashion_tagger.cli import main
+
+main()

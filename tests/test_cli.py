@@ -1,0 +1,56 @@
+"""Every verb answers --help with an example, fast, without importing torch."""
+
+import subprocess
+import sys
+
+import pytest
+from typer.main import get_command
+from typer.testing import CliRunner
+
+from fashion_tagger.cli import app
+
+
+def _verbs(cmd=None, prefix=()):
+    cmd = cmd or get_command(app)
+    for name, sub in getattr(cmd, "commands", {}).items():
+        if getattr(sub, "commands", None):
+            yield from _verbs(sub, (*prefix, name))
+        else:
+            yield (*prefix, name)
+
+
+VERBS = sorted(_verbs())
+
+
+def test_the_pipeline_verbs_exist():
+    names = {" ".join(v) for v in VERBS}
+    assert {"import folders", "dataset info"} <= names
+
+
+@pytest.mark.parametrize("verb", VERBS, ids=" ".join)
+def test_help_has_an_example(verb):
+    result = CliRunner().invoke(app, [*verb, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Example:" in result.output
+    assert "fashion-tagger " in result.output
+
+
+def test_help_does_not_import_torch():
+    code = (
+        "import sys; from fashion_tagger.cli import app; "
+        "from typer.main import get_command; get_command(app); "
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_user_error_is_one_line_and_exit_2(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "fashion_tagger", "dataset", "info", str(tmp_path / "missing")],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2
+    assert "does not exist" in out.stderr
+    assert "Traceback" not in out.stderr
