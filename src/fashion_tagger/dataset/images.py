@@ -8,6 +8,7 @@ more pixels than `MAX_PIXELS` (decompression bombs), raise `ImageError` with a s
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import warnings
@@ -22,7 +23,9 @@ from fashion_tagger.errors import FashionTaggerError
 MAX_PIXELS = 64_000_000
 """Images larger than this (e.g. 8000 x 8000) are refused as decompression bombs."""
 
-FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif"}
+FORMATS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp",
+           "TIFF": "tif"}  # fmt: skip
+"""Formats we accept, and the extension each is stored under (MPO: a camera JPEG with extra frames)."""
 EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 
 # PIL's own bomb check warns at MAX_IMAGE_PIXELS and fails at twice that; ours is stricter and
@@ -48,6 +51,7 @@ class ImageInfo:
 
 
 def _open(data: bytes) -> Image.Image:
+    """Open lazily (header only) and refuse what is not an image or is too large to decode."""
     if not data:
         raise ImageError("empty", "zero bytes")
     try:
@@ -77,22 +81,25 @@ def _oriented_size(img: Image.Image) -> tuple[int, int]:
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
-def probe(data: bytes) -> ImageInfo:
+def probe(data: bytes, sha256: str | None = None) -> ImageInfo:
     """Check that `data` decodes completely; return its hash, extension and (oriented) size.
 
     JPEGs are decoded at 1/8 scale: every byte is still read, so truncation is caught, at a
-    fraction of the cost of a full decode.
+    fraction of the cost of a full decode. Animated images are checked on their first frame, the
+    one `decode` uses. Pass `sha256` when the caller has hashed `data` already.
     """
     img = _open(data)
     size = _oriented_size(img)
     ext = FORMATS[img.format]
     try:
-        if img.format == "JPEG":
-            img.draft("RGB", (max(1, img.size[0] // 8), max(1, img.size[1] // 8)))
+        if img.format in ("JPEG", "MPO"):
+            img.draft(img.mode, (max(1, img.size[0] // 8), max(1, img.size[1] // 8)))
         img.load()
     except Exception as exc:
         raise ImageError("corrupt", str(exc) or type(exc).__name__) from exc
-    return ImageInfo(hashlib.sha256(data).hexdigest(), ext, size[0], size[1])
+    finally:
+        img.close()
+    return ImageInfo(sha256 or hashlib.sha256(data).hexdigest(), ext, size[0], size[1])
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -117,12 +124,17 @@ def decode(source: bytes | str | Path, size: int | None = None) -> Image.Image:
     data = source if isinstance(source, bytes) else Path(source).read_bytes()
     img = _open(data)
     try:
-        if size and img.format == "JPEG":
+        if size and img.format in ("JPEG", "MPO"):
             img.draft("RGB", (size, size))
         if getattr(img, "is_animated", False):
             img.seek(0)
         img.load()
+    except Exception as exc:
+        raise ImageError("corrupt", str(exc) or type(exc).__name__) from exc
+    # A broken EXIF block must not cost us an otherwise good image.
+    with contextlib.suppress(Exception):
         img = ImageOps.exif_transpose(img)
+    try:
         return to_rgb(img)
     except ImageError:
         raise
@@ -131,12 +143,14 @@ def decode(source: bytes | str | Path, size: int | None = None) -> Image.Image:
 
 
 def encode_jpeg(img: Image.Image, quality: int = 90) -> bytes:
+    """JPEG bytes of `img` (converted to RGB first, since JPEG has no alpha)."""
     buf = io.BytesIO()
     to_rgb(img).save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
 
 
 def encode_png(img: Image.Image) -> bytes:
+    """Lossless PNG bytes of `img` in its own mode (e.g. greyscale stays one channel)."""
     buf = io.BytesIO()
     img.save(buf, format="PNG", optimize=False)
     return buf.getvalue()

@@ -17,7 +17,7 @@ import shutil
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing import get_context
+from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,17 @@ class ImportResult:
     up_to_date: bool = False
 
 
+def is_safe_relpath(rel: str) -> bool:
+    """Whether `rel` (a zip entry, a manifest's image path) stays inside its root.
+
+    Absolute paths, drive letters, backslashes and `..` parts are refused: a source must never
+    make an import read (or a dataset refer to) a file outside the folder it describes.
+    """
+    if not rel or rel.startswith(("/", "\\")) or "\\" in rel or ":" in rel.split("/", 1)[0]:
+        return False
+    return ".." not in rel.split("/")
+
+
 def fingerprint(kind: str, **args: Any) -> str:
     """A stable hash of an import's kind and arguments: a re-run must match it to resume."""
     text = json.dumps({"kind": kind, **args}, sort_keys=True, default=str)
@@ -74,39 +85,61 @@ def fingerprint(kind: str, **args: Any) -> str:
 
 
 # -- worker side ------------------------------------------------------------------------------
-def _probe_batch(
-    root: str, batch: list[bytes]
-) -> list[tuple[str, str, int, int] | tuple[str, str]]:
-    """Validate a batch of images; returns (sha, ext, w, h) or ("!", reason detail) per image."""
-    out: list[Any] = []
+_STORED_EXTS = tuple(dict.fromkeys(images.FORMATS.values()))
+
+
+def _store_batch(root: str, batch: list[bytes]) -> list[tuple[Any, ...]]:
+    """Validate and store a batch of images (in a worker, so hashing, decoding and writing run
+    on every core); returns (sha, ext, w, h), or ("!", reason, detail), per image."""
+    out: list[tuple[Any, ...]] = []
+    base = Path(root)
     for data in batch:
+        sha = hashlib.sha256(data).hexdigest()
+        known = _stored_info(base, sha)
+        if known is not None:  # stored by an earlier (interrupted) run: header only, no decode
+            out.append((sha, *known))
+            continue
         try:
-            sha = hashlib.sha256(data).hexdigest()
-            known = _stored_info(Path(root), sha)
-            if known is not None:
-                out.append((sha, *known))
-                continue
-            info = images.probe(data)
-            out.append((info.sha256, info.ext, info.width, info.height))
+            info = images.probe(data, sha)
         except images.ImageError as exc:
             out.append(("!", exc.reason, exc.detail[:300]))
+            continue
+        store.put(base, sha, info.ext, data, replace=True)
+        out.append((sha, info.ext, info.width, info.height))
     return out
 
 
 def _stored_info(root: Path, sha: str) -> tuple[str, int, int] | None:
-    """Ext and size of an image already in the store (validated when stored): header only."""
-    folder = root / store.IMAGES_DIR / sha[:2]
-    if not folder.is_dir():
+    """Ext and oriented size of an image already in the store (validated when stored)."""
+    path = store.find(root, sha, _STORED_EXTS)
+    if path is None:
         return None
-    for path in folder.glob(f"{sha}.*"):
-        try:
-            with Image.open(path) as img:
-                w, h = img.size
-                orientation = img.getexif().get(0x0112, 1)
-            return (path.suffix[1:], *((h, w) if orientation in (5, 6, 7, 8) else (w, h)))
-        except Exception:
-            return None
-    return None
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            orientation = img.getexif().get(0x0112, 1)
+        return (path.suffix[1:], *((h, w) if orientation in (5, 6, 7, 8) else (w, h)))
+    except Exception:  # unreadable (e.g. cut short by a power loss): validate and store again
+        return None
+
+
+def _ready() -> int:
+    return os.getpid()
+
+
+def _pool(workers: int) -> ProcessPoolExecutor | None:
+    """Worker processes, started now (before any progress-bar thread exists).
+
+    `fork` where the platform has it: the import path never loads torch or CUDA, and forked
+    workers start in milliseconds instead of re-importing the package as `spawn` must.
+    """
+    if workers <= 1:
+        return None
+    method = "fork" if "fork" in get_all_start_methods() else "spawn"
+    pool = ProcessPoolExecutor(workers, mp_context=get_context(method))
+    for fut in [pool.submit(_ready) for _ in range(workers)]:
+        fut.result()
+    return pool
 
 
 # -- main side --------------------------------------------------------------------------------
@@ -210,16 +243,16 @@ def ingest(
     done = state.done_keys()
     resumed = bool(done)
     workers = workers or os.cpu_count() or 1
-    pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn")) if workers > 1 else None
+    pool = _pool(workers)
     in_flight: collections.deque[tuple[list[Record], Future | list]] = collections.deque()
     rows: list[dict[str, Any]] = []
     seen: set[str] = set()
 
     def submit(batch: list[Record], datas: list[bytes]) -> None:
         if pool is None:
-            in_flight.append((batch, _probe_batch(str(out), datas)))
+            in_flight.append((batch, _store_batch(str(out), datas)))
         else:
-            in_flight.append((batch, pool.submit(_probe_batch, str(out), datas)))
+            in_flight.append((batch, pool.submit(_store_batch, str(out), datas)))
 
     def drain_one(bar: _progress.Bar) -> None:
         batch, fut = in_flight.popleft()
@@ -230,11 +263,9 @@ def ingest(
                 skipped.append({"key": rec.key, "reason": res[1], "detail": res[2]})
                 continue
             sha, ext, w, h = res
-            data = rec._data  # type: ignore[attr-defined]
-            rel = store.put(out, sha, ext, data)
             rows.append(
                 {
-                    "image": rel,
+                    "image": store.relpath(sha, ext),
                     "sha256": sha,
                     "item_id": rec.item_id,
                     "labels": rec.labels,
@@ -248,8 +279,6 @@ def ingest(
                     "_key": rec.key,
                 }
             )
-        for rec in batch:
-            rec._data = None  # type: ignore[attr-defined]
         state.add_skipped(skipped)
         bar.advance(len(batch))
         if len(rows) >= FLUSH_ROWS:
@@ -280,7 +309,6 @@ def ingest(
                     pre_skipped.append({"key": rec.key, "reason": rec.error, "detail": rec.detail})
                     bar.advance()
                     continue
-                rec._data = data  # type: ignore[attr-defined]
                 batch.append(rec)
                 datas.append(data)
                 if len(batch) >= BATCH:
@@ -296,6 +324,10 @@ def ingest(
             while in_flight:
                 drain_one(bar)
             state.flush(rows)
+    except BaseException:
+        # Rows already drained have their image stored: keep them so a re-run skips them.
+        state.flush(rows)
+        raise
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
