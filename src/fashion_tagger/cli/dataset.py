@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from fashion_tagger.cli._app import console, dataset_app, print_json
+from fashion_tagger.cli._app import PROGRESS, WORKERS, console, dataset_app, print_json
 
 DIR = typer.Argument(..., help="A dataset dir (written by import or crawl).")
 
@@ -43,3 +43,182 @@ def info_cmd(
         console.print(
             "attributes: " + ", ".join(f"{g} ({n} values)" for g, n in d["attributes"].items())
         )
+
+
+JSON = typer.Option(False, "--json", help="Print one JSON object.")
+
+
+def _counts_table(counts: dict[str, dict[str, int]], title: str) -> Table:
+    table = Table("split", "images", "items", title=title)
+    for name, c in counts.items():
+        table.add_row(name, f"{c['images']:,}", f"{c['items']:,}")
+    return table
+
+
+@dataset_app.command("split")
+def split_cmd(
+    directory: Path = DIR,
+    val: float = typer.Option(0.1, "--val", help="Fraction of each leaf's items for validation."),
+    test: float = typer.Option(0.1, "--test", help="Fraction of each leaf's items for test."),
+    seed: int = typer.Option(0, "--seed", help="Same seed, same split."),
+    force: bool = typer.Option(False, "--force", help="Re-split rows that already have a split."),
+    as_json: bool = JSON,
+) -> None:
+    """Assign train/val/test, stratified on the leaf class and grouped by item.
+
+    Photos of one item always share a split; every leaf with 2+ items gets a val item (3+: a test
+    item too). Rows that already have a split keep it unless --force.
+
+    Example: fashion-tagger dataset split data/products --val 0.15 --test 0.15 --seed 0
+    """
+    from fashion_tagger.dataset.core import Dataset
+    from fashion_tagger.dataset.ops import split
+
+    ds, result = split(Dataset.open(directory), val=val, test=test, seed=seed, force=force)
+    ds.save()
+    if as_json:
+        print_json(result.to_dict())
+        return
+    if result.forced:
+        console.print(f"re-split all {result.assigned_images:,} images (--force)")
+    else:
+        console.print(
+            f"assigned {result.assigned_images:,} unsplit images ({result.assigned_items:,} items); "
+            f"{result.kept_images:,} images kept their split (--force re-splits them)"
+        )
+    console.print(_counts_table(result.counts, f"{ds.name}: splits"))
+
+
+@dataset_app.command("dedup")
+def dedup_cmd(
+    directory: Path = DIR,
+    near: int = typer.Option(
+        None, "--near", help="Also match perceptual hashes within BITS of 64 (e.g. 4)."
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Report only; change nothing."),
+    workers: int = WORKERS,
+    progress: bool = PROGRESS,
+    as_json: bool = JSON,
+) -> None:
+    """Find duplicate photos (exact, and near with --near) and remove copies leaking across splits.
+
+    For a pair in two splits the row in the smaller split is dropped; exact copies within one item
+    keep one row. Image files stay in the store. Perceptual hashes are cached in phash.parquet.
+
+    Example: fashion-tagger dataset dedup data/products --near 4 --dry-run --json
+    """
+    from fashion_tagger.dataset.core import Dataset
+    from fashion_tagger.dataset.ops import dedup
+
+    ds, result = dedup(
+        Dataset.open(directory), near=near, dry_run=dry_run, workers=workers, progress=progress
+    )
+    if not dry_run and result.removed:
+        ds.save()
+    if as_json:
+        print_json(result.to_dict())
+        return
+    console.print(
+        f"{result.exact_pairs:,} exact and {result.near_pairs:,} near duplicate pairs; "
+        f"{result.cross_split_pairs:,} cross splits (leakage)"
+    )
+    if near is not None:
+        console.print(
+            f"perceptual hashes: {result.hashed_now:,} computed now, the rest cached; "
+            f"{result.unhashable:,} images did not decode"
+        )
+    by_split = ", ".join(f"{k} {v:,}" for k, v in result.removed_by_split.items()) or "none"
+    verb = "would remove" if dry_run else "removed"
+    console.print(f"{verb} {result.removed:,} rows ({by_split})")
+
+
+@dataset_app.command("filter")
+def filter_cmd(
+    directory: Path = DIR,
+    min_per_class: int = typer.Option(
+        None, "--min-per-class", help="Drop classes with fewer images."
+    ),
+    max_per_class: int = typer.Option(None, "--max-per-class", help="Cap each class at N images."),
+    cap_ratio: float = typer.Option(
+        None, "--cap-ratio", help="Cap each class at R x the mean class size (e.g. 4)."
+    ),
+    sample: int = typer.Option(None, "--sample", help="Keep a stratified sample of N images."),
+    seed: int = typer.Option(0, "--seed", help="Same seed, same sample."),
+    level: str = typer.Option(None, "--level", help="Count classes at this level (default: leaf)."),
+    out: Path = typer.Option(
+        None, "--out", "-o", help="Write a new dataset dir here instead of changing DIR in place."
+    ),
+    as_json: bool = JSON,
+) -> None:
+    """Drop rare classes, cap dominant ones, or take a stratified sample (whole items).
+
+    The result is recorded in dataset.json's history. With --out, the source is left untouched.
+
+    Example: fashion-tagger dataset filter data/products --min-per-class 10 --cap-ratio 4 --sample 2000 --out data/small
+    """
+    from fashion_tagger.dataset.core import Dataset
+    from fashion_tagger.dataset.ops import filter_dataset, relocate
+
+    ds, result = filter_dataset(
+        Dataset.open(directory),
+        min_per_class=min_per_class,
+        max_per_class=max_per_class,
+        cap_ratio=cap_ratio,
+        sample=sample,
+        seed=seed,
+        level=level,
+    )
+    if out is not None:
+        ds = relocate(ds, out)
+    ds = ds.save()
+    if as_json:
+        print_json(result.to_dict() | {"out": str(ds.root)})
+        return
+    console.print(
+        f"{result.images_before:,} -> {result.images_after:,} images, "
+        f"{result.classes_before:,} -> {result.classes_after:,} classes; written to {ds.root}"
+    )
+    if result.dropped_classes:
+        console.print(f"dropped {len(result.dropped_classes)} rare classes")
+    if result.capped_classes:
+        console.print(f"capped {result.capped_classes} classes at {result.cap:,} images")
+
+
+@dataset_app.command("export")
+def export_cmd(
+    directory: Path = DIR,
+    fmt: str = typer.Option(..., "--format", "-f", help="folders, zip or hdf5."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder or file to write (must not exist)."),
+    size: int = typer.Option(
+        None, "--size", help="Fit in SxS, pad square on white, JPEG (hdf5 default: 64)."
+    ),
+    grayscale: bool = typer.Option(False, "--grayscale", help="One channel instead of three."),
+    split_name: str = typer.Option(None, "--split", help="Export only this split."),
+    workers: int = WORKERS,
+    progress: bool = PROGRESS,
+    as_json: bool = JSON,
+) -> None:
+    """Export as an ImageFolder tree, a zip of it, or an HDF5 file (train/val/test arrays).
+
+    Example: fashion-tagger dataset export data/products --format hdf5 --size 64 --out products64.h5
+    """
+    from fashion_tagger.dataset.core import Dataset
+    from fashion_tagger.dataset.export import export
+
+    result = export(
+        Dataset.open(directory),
+        fmt,
+        out,
+        size=size,
+        grayscale=grayscale,
+        split=split_name,
+        workers=workers,
+        progress=progress,
+    )
+    if as_json:
+        print_json(result.to_dict())
+        return
+    console.print(
+        f"exported {result.images:,} images of {result.classes:,} classes to {result.path}"
+        + (f" ({result.failed:,} failed to decode)" if result.failed else "")
+    )

@@ -1,0 +1,603 @@
+"""The tools that change a dataset: split, dedup and filter.
+
+Each is a plain function that takes a `Dataset` and returns a new (unsaved) `Dataset` plus a small
+result for printing; the caller saves. Rows are the unit of the manifest but items are the unit of
+sampling: the photos of one item always move together (same split, kept or dropped together), so
+no item leaks between train and evaluation data. An item whose photos carry different label paths
+counts as its most common one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import shutil
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fashion_tagger import _progress
+from fashion_tagger._io import atomic_path
+from fashion_tagger.dataset import manifest
+from fashion_tagger.dataset.core import Dataset
+from fashion_tagger.errors import DatasetError
+
+PHASH_FILE = "phash.parquet"
+"""Perceptual-hash cache in the dataset dir, keyed by sha256 (images never change)."""
+
+Leaf = tuple[str, ...]
+
+
+def _history(ds: Dataset, op: str, args: dict[str, Any], result: dict[str, Any]) -> list:
+    """dataset.json's `history` plus one entry: what was done, when, with which arguments."""
+    entry = {"op": op, "at": manifest.now(), "args": args, "result": result}
+    return [*list(ds.info.get("history") or []), entry]
+
+
+def _item_classes(item_ids: Sequence[str], classes: Sequence[Leaf]) -> dict[str, Leaf]:
+    """Each item's class: the most common one among its rows (ties: the smallest path)."""
+    per_item: dict[str, Counter] = defaultdict(Counter)
+    for item, cls in zip(item_ids, classes, strict=True):
+        per_item[item][cls] += 1
+    return {
+        item: min(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0]
+        for item, counts in per_item.items()
+    }
+
+
+def _rng(seed: int, key: Sequence[str]) -> np.random.Generator:
+    """A generator for one class: stable across runs and independent of the other classes."""
+    digest = hashlib.sha256(("\x1f".join(key)).encode()).digest()
+    return np.random.default_rng([seed, int.from_bytes(digest[:8], "little")])
+
+
+def _split_counts(table: pa.Table) -> dict[str, dict[str, int]]:
+    splits = table.column("split").to_pylist()
+    items = table.column("item_id").to_pylist()
+    out: dict[str, dict[str, int]] = {}
+    for name in sorted(set(splits)):
+        rows = [i for i, s in enumerate(splits) if s == name]
+        out[name or "none"] = {"images": len(rows), "items": len({items[i] for i in rows})}
+    return out
+
+
+# -- split ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SplitResult:
+    """What `split` did. `counts` maps split -> {"images", "items"} after the split."""
+
+    assigned_images: int
+    assigned_items: int
+    kept_images: int
+    forced: bool
+    counts: dict[str, dict[str, int]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _quota(n: int, val: float, test: float) -> tuple[int, int]:
+    """Val and test items for a class of `n` items; at least one of each when it can afford it."""
+    n_val = int(n * val + 0.5)
+    n_test = int(n * test + 0.5)
+    if val > 0 and n >= 2:
+        n_val = max(n_val, 1)
+    if test > 0 and n >= 3:
+        n_test = max(n_test, 1)
+    while n_val + n_test > max(n - 1, 0):  # always keep a train item
+        if n_test > (1 if test > 0 and n >= 3 else 0) and n_test >= n_val:
+            n_test -= 1
+        elif n_val > (1 if val > 0 and n >= 2 else 0):
+            n_val -= 1
+        else:
+            n_test -= 1
+    return n_val, n_test
+
+
+def split(
+    ds: Dataset, val: float, test: float, seed: int = 0, force: bool = False
+) -> tuple[Dataset, SplitResult]:
+    """Assign train/val/test to items, stratified on the leaf, grouped by item.
+
+    Only rows without a split are assigned unless `force`; an unsplit photo of an item that already
+    has a split joins it. The same seed on the same rows gives the same split column.
+
+    Args:
+        val: fraction of each leaf's items for validation.
+        test: fraction for test; `val + test` must be below 1.
+        force: re-assign every row, discarding existing splits.
+    """
+    for flag, v in (("--val", val), ("--test", test)):
+        if not 0 <= v < 1:
+            raise DatasetError(f"{flag} {v} must be a fraction between 0 and 1, e.g. {flag} 0.15")
+    if val + test >= 1:
+        raise DatasetError(
+            f"--val {val} + --test {test} leaves nothing to train on; make their sum below 1"
+        )
+    items = ds.table.column("item_id").to_pylist()
+    labels = [tuple(p) for p in ds.labels]
+    splits = [""] * len(items) if force else ds.table.column("split").to_pylist()
+
+    # An item already (partly) split keeps its split for all its photos.
+    existing: dict[str, Counter] = defaultdict(Counter)
+    for item, s in zip(items, splits, strict=True):
+        if s:
+            existing[item][s] += 1
+    todo = [i for i, s in enumerate(splits) if not s]
+    kept_images = len(items) - len(todo)
+    new = list(splits)
+    for i in todo:
+        if items[i] in existing:
+            new[i] = existing[items[i]].most_common(1)[0][0]
+
+    free = [i for i in todo if not new[i]]
+    leaf_of = _item_classes([items[i] for i in free], [labels[i] for i in free])
+    by_leaf: dict[Leaf, list[str]] = defaultdict(list)
+    for item, leaf in leaf_of.items():
+        by_leaf[leaf].append(item)
+    choice: dict[str, str] = {}
+    for leaf in sorted(by_leaf):
+        members = sorted(by_leaf[leaf])
+        order = _rng(seed, leaf).permutation(len(members))
+        n_val, n_test = _quota(len(members), val, test)
+        for rank, j in enumerate(order):
+            choice[members[j]] = (
+                "val" if rank < n_val else "test" if rank < n_val + n_test else "train"
+            )
+    for i in free:
+        new[i] = choice[items[i]]
+
+    table = ds.table.set_column(
+        ds.table.schema.get_field_index("split"), "split", pa.array(new, pa.string())
+    )
+    result = SplitResult(
+        assigned_images=len(todo),
+        assigned_items=len({items[i] for i in todo}),
+        kept_images=kept_images,
+        forced=force,
+        counts=_split_counts(table),
+    )
+    args = {"val": val, "test": test, "seed": seed, "force": force}
+    history = _history(ds, "split", args, {"assigned_images": len(todo)})
+    return ds.with_table(table, history=history), result
+
+
+# -- dedup ------------------------------------------------------------------------------------
+def _phash_batch(paths: list[str]) -> list[int | None]:
+    """Worker: 64-bit perceptual hash of each image (None if it does not decode)."""
+    import imagehash
+
+    from fashion_tagger.dataset.images import ImageError, decode
+
+    out: list[int | None] = []
+    for p in paths:
+        try:
+            out.append(int(str(imagehash.phash(decode(p, size=64))), 16))
+        except (ImageError, OSError):
+            out.append(None)
+    return out
+
+
+def phashes(
+    ds: Dataset, workers: int | None = None, progress: bool = True
+) -> tuple[dict[str, int], int]:
+    """The perceptual hash of every image, by sha256, computed in parallel and cached.
+
+    Returns the hashes and how many were computed now (the rest came from `phash.parquet`).
+    Images that do not decode have no hash.
+    """
+    cache_path = ds.root / PHASH_FILE
+    cached: dict[str, int] = {}
+    if cache_path.is_file():
+        try:
+            t = pq.read_table(cache_path)
+            cached = dict(
+                zip(t.column("sha256").to_pylist(), t.column("phash").to_pylist(), strict=True)
+            )
+        except (pa.ArrowInvalid, OSError, KeyError):
+            cached = {}  # a broken cache is rebuilt, never trusted
+    path_of: dict[str, str] = {}
+    for sha, rel in zip(
+        ds.table.column("sha256").to_pylist(), ds.table.column("image").to_pylist(), strict=True
+    ):
+        if sha not in cached:
+            path_of.setdefault(sha, str(ds.root / rel))
+    todo = sorted(path_of)
+    computed: dict[str, int] = {}
+    if todo:
+        workers = max(1, min(workers or os.cpu_count() or 1, len(todo) // 64 or 1))
+        chunks = [todo[i : i + 64] for i in range(0, len(todo), 64)]
+        pool = (
+            ProcessPoolExecutor(workers, mp_context=get_context("spawn")) if workers > 1 else None
+        )
+        try:
+            with _progress.bar("perceptual hashes", total=len(todo), enabled=progress) as bar:
+                results = (
+                    pool.map(_phash_batch, [[path_of[s] for s in c] for c in chunks])
+                    if pool
+                    else (_phash_batch([path_of[s] for s in c]) for c in chunks)
+                )
+                for chunk, hashes in zip(chunks, results, strict=True):
+                    computed.update(
+                        {s: h for s, h in zip(chunk, hashes, strict=True) if h is not None}
+                    )
+                    bar.advance(len(chunk))
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
+        merged = {**cached, **computed}
+        table = pa.table(
+            {
+                "sha256": pa.array(list(merged), pa.string()),
+                "phash": pa.array(list(merged.values()), pa.uint64()),
+            }
+        )
+        with atomic_path(cache_path) as tmp:
+            pq.write_table(table, tmp)
+        cached = merged
+    wanted = set(ds.table.column("sha256").to_pylist())
+    return {s: h for s, h in cached.items() if s in wanted}, len(todo)
+
+
+def near_pairs(hashes: np.ndarray, bits: int) -> list[tuple[int, int, int]]:
+    """Index pairs (i < j, distance) of 64-bit hashes within Hamming distance `bits`.
+
+    Multi-index hashing: split the 64 bits into `bits + 1` chunks; two hashes within `bits` of
+    each other agree exactly on at least one chunk (pigeonhole), so only hashes sharing a chunk
+    value are compared: near-linear on real data instead of all n^2 pairs.
+    """
+    h = np.asarray(hashes, dtype=np.uint64)
+    n = len(h)
+    if n < 2 or bits < 0:
+        return []
+    m = min(bits + 1, 64)
+    bounds = np.linspace(0, 64, m + 1).astype(int)
+    found: set[tuple[int, int]] = set()
+    out: list[tuple[int, int, int]] = []
+    idx = np.arange(n)
+    for lo, hi in itertools.pairwise(bounds):
+        mask = np.uint64((1 << int(hi - lo)) - 1)
+        keys = (h >> np.uint64(lo)) & mask
+        order = np.argsort(keys, kind="stable")
+        sk = keys[order]
+        starts = np.flatnonzero(np.r_[True, sk[1:] != sk[:-1]])
+        ends = np.r_[starts[1:], n]
+        for s, e in zip(starts, ends, strict=True):
+            if e - s < 2:
+                continue
+            group = idx[order[s:e]]
+            a, b = np.triu_indices(len(group), k=1)
+            ia, ib = group[a], group[b]
+            dist = np.bitwise_count(h[ia] ^ h[ib])
+            for i, j, d in zip(ia[dist <= bits], ib[dist <= bits], dist[dist <= bits], strict=True):
+                key = (int(min(i, j)), int(max(i, j)))
+                if key not in found:
+                    found.add(key)
+                    out.append((*key, int(d)))
+    return sorted(out)
+
+
+@dataclass(frozen=True)
+class DedupResult:
+    """What `dedup` found and did. `pairs` lists every duplicate pair of rows with its action."""
+
+    exact_pairs: int
+    near_pairs: int
+    cross_split_pairs: int
+    removed: int
+    removed_by_split: dict[str, int]
+    hashed_now: int
+    unhashable: int
+    dry_run: bool
+    pairs: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def dedup(
+    ds: Dataset,
+    near: int | None = None,
+    dry_run: bool = False,
+    workers: int | None = None,
+    progress: bool = True,
+) -> tuple[Dataset, DedupResult]:
+    """Find exact (sha256) and near (perceptual hash) duplicate photos; remove leaking copies.
+
+    A pair in two splits leaks evaluation data into training: the row in the split with fewer
+    images is dropped (so val/test lose their copies of train photos). Exact copies of one item's
+    photo in the same split keep one row. Other pairs are only reported. Image files stay in the
+    store: other rows may share them.
+
+    Args:
+        near: also match perceptual hashes within this many bits (of 64); None: exact only.
+        dry_run: report, but return the dataset unchanged.
+    """
+    if near is not None and not 0 <= near <= 32:
+        raise DatasetError(f"--near {near} must be between 0 and 32 bits (e.g. --near 4)")
+    shas = ds.table.column("sha256").to_pylist()
+    splits = ds.table.column("split").to_pylist()
+    items = ds.table.column("item_id").to_pylist()
+    paths = ds.table.column("image").to_pylist()
+    rows_of: dict[str, list[int]] = defaultdict(list)
+    for i, s in enumerate(shas):
+        rows_of[s].append(i)
+
+    candidates: list[tuple[int, int, str, int]] = []  # (row a, row b, kind, distance)
+    for rows in rows_of.values():
+        for x in range(len(rows)):
+            for y in range(x + 1, len(rows)):
+                candidates.append((rows[x], rows[y], "exact", 0))
+    hashed_now = unhashable = 0
+    if near is not None:
+        hashes, hashed_now = phashes(ds, workers=workers, progress=progress)
+        unique = sorted(rows_of)
+        known = [s for s in unique if s in hashes]
+        unhashable = len(unique) - len(known)
+        arr = np.array([hashes[s] for s in known], dtype=np.uint64)
+        for a, b, d in near_pairs(arr, near):
+            for ra in rows_of[known[a]]:
+                for rb in rows_of[known[b]]:
+                    candidates.append((min(ra, rb), max(ra, rb), "near", d))
+
+    size = Counter(splits)
+    priority = {name: k for k, name in enumerate(manifest.SPLITS)}
+
+    def rank(split_name: str) -> tuple[int, int]:  # larger ranks keep their rows
+        return (size[split_name], -priority.get(split_name, len(priority)))
+
+    drop: set[int] = set()
+    pairs: list[dict[str, Any]] = []
+    cross = 0
+    for a, b, kind, d in sorted(candidates):
+        action = "kept"
+        if splits[a] != splits[b]:
+            cross += 1
+            loser = a if rank(splits[a]) < rank(splits[b]) else b
+            drop.add(loser)
+            action = f"dropped {'a' if loser == a else 'b'} ({splits[loser] or 'none'})"
+        elif kind == "exact" and items[a] == items[b]:
+            drop.add(b)
+            action = "dropped b (same item)"
+        pairs.append(
+            {
+                "kind": kind,
+                "distance": d,
+                "a": {"image": paths[a], "item_id": items[a], "split": splits[a]},
+                "b": {"image": paths[b], "item_id": items[b], "split": splits[b]},
+                "action": action,
+            }
+        )
+    removed_by_split = Counter((splits[i] or "none") for i in drop)
+    result = DedupResult(
+        exact_pairs=sum(1 for c in candidates if c[2] == "exact"),
+        near_pairs=sum(1 for c in candidates if c[2] == "near"),
+        cross_split_pairs=cross,
+        removed=len(drop),
+        removed_by_split=dict(sorted(removed_by_split.items())),
+        hashed_now=hashed_now,
+        unhashable=unhashable,
+        dry_run=dry_run,
+        pairs=pairs,
+    )
+    if dry_run or not drop:
+        return ds, result
+    keep = np.array([i not in drop for i in range(len(shas))])
+    summary = {k: v for k, v in result.to_dict().items() if k != "pairs"}
+    history = _history(ds, "dedup", {"near": near}, summary)
+    return ds.with_table(ds.table.filter(pa.array(keep)), history=history), result
+
+
+# -- filter -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FilterResult:
+    """What `filter_dataset` did: images/classes before and after, and what each step removed."""
+
+    images_before: int
+    images_after: int
+    classes_before: int
+    classes_after: int
+    dropped_classes: list[str]
+    capped_classes: int
+    cap: int | None
+    sampled: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _class_keys(ds: Dataset, level: str | None) -> list[Leaf]:
+    """Each row's class: its full path (the leaf), or its path cut at the level named `level`."""
+    paths = [tuple(p) for p in ds.labels]
+    if level is None:
+        return paths
+    names = list(ds.level_names)
+    if level not in names:
+        raise DatasetError(
+            f"--level {level!r} is not a level of this dataset; choose one of {names}"
+        )
+    depth = names.index(level) + 1
+    return [p[:depth] for p in paths]
+
+
+def _take_items(
+    members: list[str], sizes: dict[str, int], quota: int, rng: np.random.Generator
+) -> set[str]:
+    """Whole items, in random order, until `quota` images; always at least one item."""
+    taken: set[str] = set()
+    count = 0
+    for j in rng.permutation(len(members)):
+        item = members[j]
+        if count == 0 or count + sizes[item] <= quota:
+            taken.add(item)
+            count += sizes[item]
+        if count >= quota:
+            break
+    return taken
+
+
+def _sample_quotas(class_sizes: dict[Leaf, int], n: int) -> dict[Leaf, int]:
+    """Images per class for a stratified sample of `n`: proportional (largest remainders), and
+    at least one per class when `n` allows it."""
+    total = sum(class_sizes.values())
+    classes = sorted(class_sizes)
+    exact = {c: n * class_sizes[c] / total for c in classes}
+    quota = {c: int(exact[c]) for c in classes}
+    if len(classes) <= n:
+        for c in classes:
+            quota[c] = max(quota[c], 1)
+    while sum(quota.values()) > n:  # the minimums overshot: take back from the biggest quotas
+        c = max(classes, key=lambda c: (quota[c], c))
+        quota[c] -= 1
+    by_remainder = sorted(classes, key=lambda c: (-(exact[c] - int(exact[c])), c))
+    for c in by_remainder[: max(0, n - sum(quota.values()))]:
+        quota[c] += 1
+    return {c: min(q, class_sizes[c]) for c, q in quota.items()}
+
+
+def filter_dataset(
+    ds: Dataset,
+    min_per_class: int | None = None,
+    max_per_class: int | None = None,
+    cap_ratio: float | None = None,
+    sample: int | None = None,
+    seed: int = 0,
+    level: str | None = None,
+) -> tuple[Dataset, FilterResult]:
+    """Drop rare classes, cap dominant ones, and/or take a stratified sample, by whole items.
+
+    Steps run in that order. The cap is `max_per_class` images, or `cap_ratio` x the mean class
+    size (the notebook's rule against one class swamping the loss). Capping and sampling pick
+    whole items at random (deterministic for `seed`) within each class.
+
+    Args:
+        min_per_class: drop classes with fewer images.
+        max_per_class: keep at most this many images per class.
+        cap_ratio: keep at most this multiple of the mean class size (exclusive with max).
+        sample: keep about this many images in all, proportional per class, >= 1 per class.
+        level: classify rows by their path cut at this level instead of by leaf.
+    """
+    if max_per_class is not None and cap_ratio is not None:
+        raise DatasetError("give --max-per-class or --cap-ratio, not both")
+    for flag, v in (("--min-per-class", min_per_class), ("--max-per-class", max_per_class),
+                    ("--sample", sample)):  # fmt: skip
+        if v is not None and v < 1:
+            raise DatasetError(f"{flag} must be at least 1 (got {v})")
+    if cap_ratio is not None and cap_ratio <= 0:
+        raise DatasetError(f"--cap-ratio must be positive, e.g. 4 (got {cap_ratio})")
+    if all(v is None for v in (min_per_class, max_per_class, cap_ratio, sample)):
+        raise DatasetError(
+            "nothing to do: give --min-per-class, --max-per-class, --cap-ratio or --sample"
+        )
+
+    classes = _class_keys(ds, level)
+    items = ds.table.column("item_id").to_pylist()
+    keep = np.ones(len(items), dtype=bool)
+    before = Counter(classes)
+
+    dropped: list[str] = []
+    if min_per_class is not None:
+        rare = {c for c, k in before.items() if k < min_per_class}
+        dropped = sorted(" > ".join(c) for c in rare)
+        keep &= np.array([c not in rare for c in classes], dtype=bool)
+
+    def grouped() -> tuple[dict[Leaf, list[str]], dict[str, int]]:
+        rows = np.flatnonzero(keep)
+        item_class = _item_classes([items[i] for i in rows], [classes[i] for i in rows])
+        members: dict[Leaf, list[str]] = defaultdict(list)
+        for item, cls in sorted(item_class.items()):
+            members[cls].append(item)
+        return members, Counter(items[i] for i in rows)
+
+    def keep_items(chosen: set[str]) -> None:
+        nonlocal keep
+        keep &= np.array([it in chosen for it in items], dtype=bool)
+
+    cap = max_per_class
+    capped = 0
+    if max_per_class is not None or cap_ratio is not None:
+        members, sizes = grouped()
+        class_images = {c: sum(sizes[i] for i in m) for c, m in members.items()}
+        if cap_ratio is not None and class_images:
+            cap = max(1, int(cap_ratio * sum(class_images.values()) / len(class_images)))
+        chosen: set[str] = set()
+        for c in sorted(members):
+            if class_images[c] > cap:
+                capped += 1
+                chosen |= _take_items(members[c], sizes, cap, _rng(seed, c))
+            else:
+                chosen |= set(members[c])
+        keep_items(chosen)
+
+    if sample is not None:
+        members, sizes = grouped()
+        class_images = {c: sum(sizes[i] for i in m) for c, m in members.items()}
+        if class_images and sample < sum(class_images.values()):
+            quotas = _sample_quotas(class_images, sample)
+            chosen = set()
+            for c in sorted(members):
+                if quotas[c] > 0:
+                    chosen |= _take_items(members[c], sizes, quotas[c], _rng(seed + 1, c))
+            keep_items(chosen)
+
+    table = ds.table.filter(pa.array(keep))
+    if table.num_rows == 0:
+        raise DatasetError("the filter leaves no image; lower --min-per-class or raise --sample")
+    after = Counter(c for c, k in zip(classes, keep, strict=True) if k)
+    result = FilterResult(
+        images_before=len(items),
+        images_after=table.num_rows,
+        classes_before=len(before),
+        classes_after=len(after),
+        dropped_classes=dropped,
+        capped_classes=capped,
+        cap=cap,
+        sampled=sample is not None,
+    )
+    args = {
+        "min_per_class": min_per_class,
+        "max_per_class": max_per_class,
+        "cap_ratio": cap_ratio,
+        "sample": sample,
+        "seed": seed,
+        "level": level,
+    }
+    summary = {k: v for k, v in result.to_dict().items() if k != "dropped_classes"}
+    return ds.with_table(table, history=_history(ds, "filter", args, summary)), result
+
+
+def relocate(ds: Dataset, out: str | Path) -> Dataset:
+    """The same rows as a new dataset dir at `out`, its images hard-linked (or copied) there.
+
+    Only images the rows reference are brought; the manifest is written last, so an interrupted
+    copy leaves no dataset behind. Call `save()` on the result.
+    """
+    out = Path(out)
+    if out.resolve() == ds.root.resolve():
+        return ds
+    if (out / manifest.ITEMS_FILE).exists() or (out / manifest.INFO_FILE).exists():
+        raise DatasetError(
+            f"{out} already holds a dataset; choose another --out or delete it first"
+        )
+    for rel in sorted(set(ds.table.column("image").to_pylist())):
+        src, dst = ds.root / rel, out / rel
+        if dst.exists():
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(dst) as tmp:
+            tmp.unlink()
+            try:
+                os.link(src, tmp)
+            except OSError:
+                shutil.copy2(src, tmp)
+    info = {**ds.info, "derived_from": str(ds.root)}
+    return Dataset(out, ds.table, info)
