@@ -58,3 +58,139 @@ def import_folders_cmd(
     report(
         import_folders(src, out, levels=levels or None, workers=workers, progress=progress), as_json
     )
+
+
+def _split_list(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+@import_app.command("kaggle-products")
+def import_kaggle_products_cmd(
+    src: Path = typer.Argument(..., help="The Kaggle zip, or its unpacked folder."),
+    out: Path = OUT,
+    workers: int = WORKERS,
+    progress: bool = PROGRESS,
+    as_json: bool = JSON,
+) -> None:
+    """Import Kaggle's Fashion Product Images (styles.csv + images/): masterCategory >
+    subCategory > articleType, with gender, colour, season and usage attributes.
+
+    Example: fashion-tagger import kaggle-products ../shared/datasets/fashion-product-images-small.zip --out data/products
+    """
+    from fashion_tagger.sources.kaggle_products import import_kaggle_products
+
+    report(import_kaggle_products(src, out, workers=workers, progress=progress), as_json)
+
+
+@import_app.command("fashion-mnist")
+def import_fashion_mnist_cmd(
+    src: Path = typer.Argument(
+        None,
+        help="Folder with the four IDX .gz files, or a Kaggle CSV (or its folder). "
+        "Omit to download the official files.",
+    ),
+    out: Path = OUT,
+    cache_dir: Path = typer.Option(
+        None,
+        "--cache-dir",
+        help="Download cache (default $FASHION_TAGGER_CACHE or ~/.cache/fashion-tagger).",
+    ),
+    base_url: str = typer.Option(
+        None,
+        "--base-url",
+        help="Where to download from (default $FASHION_TAGGER_FASHION_MNIST_URL or Zalando's).",
+    ),
+    workers: int = WORKERS,
+    progress: bool = PROGRESS,
+    as_json: bool = JSON,
+) -> None:
+    """Import Fashion-MNIST (two levels: group > class, official train/test split), from
+    IDX files, Kaggle CSVs, or a checksummed download.
+
+    Example: fashion-tagger import fashion-mnist ../shared/datasets/fashion-mnist/fashion-mnist_test-1000.csv --out data/fmnist
+    """
+    from fashion_tagger.sources.fashion_mnist import import_fashion_mnist
+
+    result = import_fashion_mnist(
+        src, out, cache_dir=cache_dir, base_url=base_url, workers=workers, progress=progress
+    )
+    report(result, as_json)
+
+
+@import_app.command("csv")
+def import_csv_cmd(
+    src: Path = typer.Argument(..., help="A .csv or .parquet manifest, one row per image."),
+    out: Path = OUT,
+    image_column: str = typer.Option(
+        "image", "--image-column", help="Image path (relative to the manifest's folder) or URL."
+    ),
+    label_columns: str = typer.Option(
+        ..., "--label-columns", help="Label columns, one per level, root first: a,b,c."
+    ),
+    attribute_columns: str = typer.Option(
+        None, "--attribute-columns", help="Columns that become column=value attributes: x,y."
+    ),
+    item_column: str = typer.Option(None, "--item-column", help="Product id column."),
+    split_column: str = typer.Option(None, "--split-column", help="train/val/test column."),
+    timeout: float = typer.Option(30.0, "--timeout", help="Seconds per image download."),
+    workers: int = WORKERS,
+    progress: bool = PROGRESS,
+    as_json: bool = JSON,
+) -> None:
+    """Import any CSV or Parquet manifest: choose the image, label, attribute, item and split
+    columns; paths leaving the manifest's folder are refused.
+
+    Example: fashion-tagger import csv shop/manifest.csv --label-columns category,type --attribute-columns colour --out data/shop
+    """
+    from fashion_tagger.sources.csv_manifest import import_csv
+
+    result = import_csv(
+        src,
+        out,
+        image_column=image_column,
+        label_columns=_split_list(label_columns),
+        attribute_columns=_split_list(attribute_columns),
+        item_column=item_column,
+        split_column=split_column,
+        timeout=timeout,
+        workers=workers,
+        progress=progress,
+    )
+    report(result, as_json)
+
+
+@import_app.command("hdf5")
+def import_hdf5_cmd(
+    src: Path = typer.Argument(..., help="HDF5 file: train_images, train_labels, ..., label_map."),
+    out: Path = OUT,
+    levels: list[str] = typer.Option(None, "--level", help="Name of a level, root first (repeat)."),
+    workers: int = WORKERS,
+    progress: bool = PROGRESS,
+    as_json: bool = JSON,
+) -> None:
+    """Import an HDF5 file in the shared array layout (label_map names may be `a__b` paths).
+
+    Example: fashion-tagger import hdf5 export/products.h5 --out data/products-h5
+    """
+    from fashion_tagger.sources.hdf5 import import_hdf5
+
+    report(
+        import_hdf5(src, out, levels=levels or None, workers=workers, progress=progress), as_json
+    )
+
+
+@import_app.command("zappos")
+def import_zappos_cmd(
+    src: Path = typer.Argument(..., help="Folder with meta-data.csv, image-path.mat and images/."),
+    out: Path = OUT,
+    workers: int = WORKERS,
+    progress: bool = PROGRESS,
+    as_json: bool = JSON,
+) -> None:
+    """Import UT-Zappos50K: Category > SubCategory, with a gender attribute.
+
+    Example: fashion-tagger import zappos downloads/ut-zap50k --out data/zappos
+    """
+    from fashion_tagger.sources.zappos import import_zappos
+
+    report(import_zappos(src, out, workers=workers, progress=progress), as_json)

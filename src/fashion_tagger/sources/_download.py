@@ -1,0 +1,107 @@
+"""Downloads for importers: a cache folder, checksummed files, and bounded fetches of one image.
+
+A file is streamed to a temp file beside its target and renamed only once its checksum matches,
+so the cache never holds a partial or wrong file under a final name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from fashion_tagger import _progress
+from fashion_tagger._io import atomic_path
+from fashion_tagger.errors import FashionTaggerError
+
+CHUNK = 1 << 16
+MAX_IMAGE_BYTES = 50 * 1024 * 1024
+"""Bigger downloads of one image are refused (no real photo is that large)."""
+
+
+class DownloadError(FashionTaggerError):
+    """A download failed, or its checksum did not match."""
+
+
+def cache_dir(explicit: str | Path | None = None) -> Path:
+    """Where downloads are kept: `explicit`, else $FASHION_TAGGER_CACHE, else the XDG cache."""
+    if explicit:
+        return Path(explicit)
+    if env := os.environ.get("FASHION_TAGGER_CACHE"):
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "fashion-tagger"
+
+
+def file_digest(path: Path, algorithm: str) -> str:
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _algorithm(checksum: str) -> str:
+    """MD5 (32 hex) or SHA-256 (64 hex), the two kinds datasets publish."""
+    return {32: "md5", 64: "sha256"}.get(len(checksum)) or "sha256"
+
+
+def fetch(url: str, target: Path, checksum: str | None, *, progress: bool = True) -> Path:
+    """Download `url` to `target` unless a file with the right checksum is there already.
+
+    Raises:
+        DownloadError: the server failed, or the bytes do not match `checksum` (nothing is kept).
+    """
+    import httpx
+
+    if target.is_file() and (
+        checksum is None or file_digest(target, _algorithm(checksum)) == checksum.lower()
+    ):
+        return target
+    h = hashlib.new(_algorithm(checksum)) if checksum else None
+    try:
+        with (
+            atomic_path(target) as tmp,
+            httpx.stream("GET", url, follow_redirects=True, timeout=60) as resp,
+        ):
+            resp.raise_for_status()
+            total = int(resp.headers.get("content-length") or 0) or None
+            with (
+                open(tmp, "wb") as f,
+                _progress.bar(f"download {target.name}", total=total, enabled=progress) as bar,
+            ):
+                for chunk in resp.iter_bytes(CHUNK):
+                    f.write(chunk)
+                    if h is not None:
+                        h.update(chunk)
+                    bar.advance(len(chunk))
+            if h is not None and checksum and h.hexdigest() != checksum.lower():
+                raise DownloadError(
+                    f"{url} has {_algorithm(checksum)} {h.hexdigest()}, expected {checksum}; the "
+                    "file was not kept. Check the URL (--base-url) or retry later."
+                )
+    except httpx.HTTPError as exc:
+        raise DownloadError(
+            f"could not download {url}: {exc}. Check the network or pass the files' folder as SRC."
+        ) from exc
+    return target
+
+
+def fetch_image(client, url: str, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
+    """One image's bytes over HTTP(S), bounded in size; failures raise OSError/ValueError so
+    that ingest records them as a skipped image instead of stopping the import."""
+    import httpx
+
+    try:
+        with client.stream("GET", url, follow_redirects=True) as resp:
+            resp.raise_for_status()
+            if int(resp.headers.get("content-length") or 0) > max_bytes:
+                raise ValueError(f"{url} is larger than {max_bytes:,} bytes")
+            buf = bytearray()
+            for chunk in resp.iter_bytes(CHUNK):
+                buf += chunk
+                if len(buf) > max_bytes:
+                    raise ValueError(f"{url} is larger than {max_bytes:,} bytes")
+            return bytes(buf)
+    except httpx.HTTPError as exc:
+        raise OSError(f"download failed: {exc}") from exc
