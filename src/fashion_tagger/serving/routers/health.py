@@ -1,0 +1,23 @@
+"""`GET /healthz` and `GET /metrics`: is the service up, and what has it done."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import PlainTextResponse
+
+from fashion_tagger.serving.deps import MetricsDep, PredictorDep
+from fashion_tagger.serving.schemas import Health
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Health)
+async def healthz(predictor: PredictorDep) -> Health:
+    """200 when a model is loaded and requests are served."""
+    return Health(status="ok", model_id=predictor.model_id, backend=predictor.backend_name)
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+async def metrics(m: MetricsDep) -> PlainTextResponse:
+    """Prometheus text format: requests by route and status, latency, images, errors, batch sizes."""
+    return PlainTextResponse(m.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

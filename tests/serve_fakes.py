@@ -1,0 +1,129 @@
+"""A fake predictor for the service tests: no torch, no weights, answers from the pixels.
+
+Red-dominant images are `round > red`, blue-dominant ones `square > blue`, anything else
+`square > green`; images wider than tall get `size=big`. It follows the service's `Predictor`
+interface exactly, so the routes, batcher and page are tested without a trained model.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
+from fashion_tagger.dataset import images
+from fashion_tagger.taxonomy import Taxonomy
+
+TAXONOMY = Taxonomy.from_paths(
+    [
+        ("round", "red"),
+        ("round", "blue"),
+        ("square", "red"),
+        ("square", "green"),
+        ("square", "blue"),
+    ],
+    ["shape", "colour"],
+)
+ATTRIBUTES = ["size=big", "size=small"]
+
+
+def png(colour: tuple[int, int, int], size: tuple[int, int] = (24, 16)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class FakePredictor:
+    model_id = "fake-000000000000"
+    backend_name = "fake"
+
+    def __init__(self) -> None:
+        self.batch_sizes: list[int] = []
+        self._lock = threading.Lock()
+
+    def info(self) -> dict:
+        return {
+            "model_id": self.model_id,
+            "backend": self.backend_name,
+            "backbone": {"name": "fake-net", "pretrained": False, "in_chans": 3},
+            "head": {"kind": "unified"},
+            "input": {
+                "size": [8, 8],
+                "channels": 3,
+                "mean": [0.5] * 3,
+                "std": [0.25] * 3,
+                "resize": "squash",
+            },
+            "taxonomy": TAXONOMY.to_dict(),
+            "attributes": {"names": ATTRIBUTES, "thresholds": [0.75, 0.75]},
+        }
+
+    def preprocess(self, data: bytes) -> np.ndarray:
+        img = images.decode(data, size=8)
+        wide = img.width > img.height
+        arr = np.asarray(img.resize((8, 8)), dtype=np.float32).transpose(2, 0, 1) / 255.0
+        arr[:, 0, 0] = 1.0 if wide else 0.0  # carries the aspect to `run`
+        return arr
+
+    def run(self, x: np.ndarray) -> list[np.ndarray]:
+        with self._lock:
+            self.batch_sizes.append(len(x))
+        n = len(x)
+        mean = x[:, :, 1:, 1:].mean(axis=(2, 3))  # (N, 3)
+        red = mean[:, 0] > mean[:, 2] + 0.1
+        blue = mean[:, 2] > mean[:, 0] + 0.1
+        # level 0: round, square; level 1 (names sorted): blue, green, red under their parents
+        l0 = np.where(red[:, None], [[0.9, 0.1]], [[0.1, 0.9]]).astype(np.float32)
+        names1 = TAXONOMY.names[1]
+        l1 = np.full((n, len(names1)), 0.02, dtype=np.float32)
+        for i in range(n):
+            parent = 0 if red[i] else 1
+            want = "red" if red[i] else ("blue" if blue[i] else "green")
+            j = next(
+                k for k, nm in enumerate(names1) if nm == want and TAXONOMY.parents[1][k] == parent
+            )
+            l1[i, j] = 0.9
+        l1 /= l1.sum(axis=1, keepdims=True)
+        wide = x[:, 0, 0, 0] > 0.5
+        attrs = np.stack([np.where(wide, 0.95, 0.05), np.where(wide, 0.05, 0.95)], axis=1).astype(
+            np.float32
+        )
+        return [l0, l1, attrs]
+
+    def decode(self, outputs: list[np.ndarray], top_k: int, names: Sequence[str]) -> list[dict]:
+        levels, attrs = outputs[:-1], outputs[-1]
+        out = []
+        for i in range(len(attrs)):
+            logs = [np.log(lv[i] + 1e-12) for lv in levels]
+            idx, _ = TAXONOMY.best_path(logs)
+            path = [
+                {
+                    "level": TAXONOMY.level_names[lvl],
+                    "label": TAXONOMY.names[lvl][j],
+                    "score": float(levels[lvl][i][j]),
+                }
+                for lvl, j in enumerate(idx)
+            ]
+            leaves = sorted(
+                (
+                    (float(np.exp(sum(logs[lvl][j] for lvl, j in enumerate(p)))), p)
+                    for p in TAXONOMY.leaf_index_paths()
+                ),
+                reverse=True,
+            )[:top_k]
+            out.append(
+                {
+                    "image": names[i],
+                    "path": path,
+                    "top_k": [{"path": list(TAXONOMY.decode(p)), "score": s} for s, p in leaves],
+                    "attributes": [
+                        {"name": n, "score": float(attrs[i][a])}
+                        for a, n in enumerate(ATTRIBUTES)
+                        if attrs[i][a] >= 0.75
+                    ],
+                }
+            )
+        return out
