@@ -243,7 +243,8 @@ def _to_hdf5(ds, rows, names, out: Path, size: int, grayscale, workers, bar) -> 
         f.attrs["size"] = size
         f.attrs["grayscale"] = grayscale
         f.attrs["name"] = ds.name
-        f.attrs["levels"] = ",".join(ds.level_names)
+        if ds.level_names:  # read back by `import hdf5` as the level names
+            f.attrs["levels"] = np.array(list(ds.level_names), dtype=h5py.string_dtype())
     return failed
 
 
