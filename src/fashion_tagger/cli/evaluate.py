@@ -1,3 +1,144 @@
-"""CLI verbs of this stage (registered on import)."""
+"""`fashion-tagger evaluate` and `calibrate`: measure a run dir's model on a dataset split."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from fashion_tagger.cli._app import PROGRESS, app, console, print_json
+
+RUN = typer.Argument(..., help="A run dir (written by train).")
+DATA = typer.Argument(..., help="A dataset dir with the labels the model was trained on.")
+BATCH = typer.Option(64, "--batch-size", min=1, help="Images per forward pass.")
+BACKEND = typer.Option(
+    "auto", "--backend", help="auto (ONNX if exported, else torch), torch or onnx."
+)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def _summary(m: dict[str, Any]) -> Table:
+    table = Table(
+        "level", "images", "acc %", "top-5 %", "OP %", "OR %", "OF1 %", "macro F1 %",
+        title=f"{m['dataset']['name']} / {m['dataset']['split']}: {m['dataset']['n_images']:,} images",
+    )  # fmt: skip
+    for b in m["levels"]:
+        table.add_row(
+            b["name"], f"{b['n']:,}", _pct(b["accuracy"]), _pct(b["top5_accuracy"]),
+            _pct(b["OP"]), _pct(b["OR"]), _pct(b["OF1"]), _pct(b["macro_f1"]),
+        )  # fmt: skip
+    return table
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    run_dir: Path = RUN,
+    dataset_dir: Path = DATA,
+    split: str = typer.Option("test", "--split", help="Which split to evaluate on."),
+    json_path: str = typer.Option(
+        None,
+        "--json",
+        help="Write the metrics here (default RUN_DIR/metrics.json); '-' prints them.",
+    ),
+    report_path: Path = typer.Option(
+        None, "--report", help="Write the HTML report here (default RUN_DIR/report.html)."
+    ),
+    batch_size: int = BATCH,
+    backend: str = BACKEND,
+    progress: bool = PROGRESS,
+) -> None:
+    """Accuracy, top-5, OP/OR/OF1 and per-class scores per level, attribute OP/OR/OF1, P@k and
+    mAP, hierarchical F1; writes metrics.json and a self-contained report.html.
+
+    Example: fashion-tagger evaluate runs/products data/products --split test
+    """
+    from fashion_tagger.evaluation import evaluate
+
+    to_stdout = json_path == "-"
+    m = evaluate(
+        run_dir,
+        dataset_dir,
+        split,
+        batch_size=batch_size,
+        json_path=None if to_stdout else json_path,
+        report_path=report_path,
+        progress=progress,
+        backend=backend,
+    )
+    if to_stdout:
+        print_json(m)
+        return
+    console.print(_summary(m))
+    h, a = m["hierarchy"], m["attributes"]
+    console.print(
+        f"exact path {_pct(h['exact_path_accuracy'])} %, hierarchical F1 {h['consistent']['hF1']:.3f}, "
+        f"valid paths: consistent {_pct(h['valid_path_rate']['consistent'])} %, "
+        f"raw argmax {_pct(h['valid_path_rate']['raw_argmax'])} %"
+    )
+    if a["names"]:
+        t = a["at_thresholds"]
+        console.print(
+            f"attributes: mAP {a['mAP']:.3f}, F1@k {a['at_k']['F1@k']:.3f}, "
+            f"OF1 {a['at_0.75']['OF1']:.3f} at 0.75, {t['OF1']:.3f} at model thresholds"
+        )
+    if m["dataset"]["n_unknown_labels"] or m["dataset"]["n_unreadable"]:
+        console.print(
+            f"[yellow]left out[/]: {m['dataset']['n_unknown_labels']} rows with unknown labels, "
+            f"{m['dataset']['n_unreadable']} unreadable images"
+        )
+    console.print(f"wrote {m['files']['metrics']} and {m['files']['report']}")
+
+
+@app.command("calibrate")
+def calibrate_cmd(
+    run_dir: Path = RUN,
+    dataset_dir: Path = DATA,
+    split: str = typer.Option("val", "--split", help="Held-out split to choose thresholds on."),
+    target_precision: float = typer.Option(
+        None,
+        "--target-precision",
+        help="Lowest threshold reaching this precision (0-1) instead of the best F1.",
+    ),
+    batch_size: int = BATCH,
+    backend: str = BACKEND,
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    progress: bool = PROGRESS,
+) -> None:
+    """Per-attribute thresholds that maximise F1 (or reach a target precision) on a held-out
+    split, stored in model.json for predict and serve.
+
+    Example: fashion-tagger calibrate runs/products data/products --split val --target-precision 0.9
+    """
+    from fashion_tagger.evaluation import calibrate
+
+    r = calibrate(
+        run_dir,
+        dataset_dir,
+        split,
+        target_precision=target_precision,
+        batch_size=batch_size,
+        progress=progress,
+        backend=backend,
+    )
+    if as_json:
+        print_json(r)
+        return
+    table = Table(
+        "attribute", "threshold", "was", "prec.", "recall", "F1", "support", "note",
+        title=f"thresholds from {r['split']} ({r['n_images']:,} images)",
+    )  # fmt: skip
+    for a in r["attributes"]:
+        table.add_row(
+            a["name"], f"{a['threshold']:.3f}", f"{a['previous']:.3f}", f"{a['precision']:.3f}",
+            f"{a['recall']:.3f}", f"{a['f1']:.3f}", f"{a['support']:,}", a["note"],
+        )  # fmt: skip
+    console.print(table)
+    console.print(
+        f"overall F1 on {r['split']}: {r['OF1']['before']:.3f} -> {r['OF1']['after']:.3f}; "
+        f"wrote {r['model_json']}"
+    )

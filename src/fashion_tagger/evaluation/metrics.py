@@ -257,7 +257,7 @@ def best_threshold(
             return float(thr[i]), float(precision[i]), float(recall[i]), float(f1[i]), ""
     i = int(np.flatnonzero(f1 == f1.max())[0])  # first = highest threshold among ties
     note = (
-        f"precision {target_precision:g} unreachable: max-F1 threshold"
+        f"precision {target_precision:g} unreachable: max F1"
         if target_precision is not None
         else ""
     )

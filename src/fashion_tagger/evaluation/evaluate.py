@@ -1,0 +1,296 @@
+"""`evaluate` and `calibrate`: a run dir's model on one split of a dataset dir.
+
+Both run the model through the same preprocessing and backend as `predict` (`Tagger`), keep the
+full probabilities (not only the decoded answer), and hand them to the pure functions of
+`scoring` and `metrics`. `evaluate` writes metrics.json and report.html into the run dir;
+`calibrate` writes per-attribute thresholds into model.json, which predict and serve then use.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+
+from fashion_tagger import _progress
+from fashion_tagger._io import write_json_atomic
+from fashion_tagger.dataset.core import Dataset
+from fashion_tagger.errors import FashionTaggerError
+from fashion_tagger.evaluation import metrics, report, scoring
+
+if TYPE_CHECKING:
+    from fashion_tagger.inference.tagger import Tagger
+    from fashion_tagger.rundir import RunDir
+
+METRICS_JSON = "metrics.json"
+REPORT_HTML = "report.html"
+
+
+class EvaluationError(FashionTaggerError):
+    """The split cannot be evaluated (empty, no known labels, nothing readable)."""
+
+
+@dataclass(frozen=True)
+class SplitOutputs:
+    """A model's probabilities on the readable, known-label rows of a split, and their truth."""
+
+    levels: list[np.ndarray]
+    attributes: np.ndarray
+    truth: scoring.Truth
+    n_rows: int
+    n_unknown_labels: int
+    unreadable: list[dict[str, str]]
+
+
+def _open_split(dataset_dir: str | Path, split: str) -> Dataset:
+    ds = Dataset.open(dataset_dir)
+    part = ds.split(split)
+    if not len(part):
+        have = ", ".join(f"{k} ({v})" for k, v in ds.split_counts().items()) or "none"
+        raise EvaluationError(
+            f"{dataset_dir} has no rows in split {split!r} (splits: {have}); pick another with "
+            f"--split or make splits with `fashion-tagger dataset split {dataset_dir}`"
+        )
+    return part
+
+
+def _load(path: Path, spec: Any) -> np.ndarray | str:
+    from fashion_tagger.inference.preprocess import load_for_model
+
+    try:
+        return load_for_model(path, spec)
+    except (FashionTaggerError, OSError, ValueError) as exc:
+        return str(exc) or type(exc).__name__
+
+
+def run_split(
+    tagger: Tagger, ds: Dataset, *, batch_size: int = 64, progress: bool = True
+) -> SplitOutputs:
+    """Probabilities of the model on every row of `ds` whose label path the model knows.
+
+    Rows with an unknown path (the dataset has classes the model was not trained on) and
+    unreadable images are left out and counted; the next batch decodes in threads while the
+    model runs on this one.
+    """
+    spec = tagger.spec
+    truth, keep = scoring.encode_truth(
+        spec.taxonomy,
+        spec.attribute_names,
+        ds.labels,
+        ds.table.column("attributes").to_pylist(),
+        ds.table.column("image").to_pylist(),
+    )
+    if not keep.any():
+        raise EvaluationError(
+            f"none of the {len(ds)} rows has a label path the model knows; is this the dataset "
+            "the model was trained on?"
+        )
+    kept = ds.with_table(ds.table.filter(pa.array(keep)))
+    n = len(kept)
+    batch_size = max(1, int(batch_size))
+    levels: list[list[np.ndarray]] = [[] for _ in range(spec.taxonomy.depth)]
+    attrs: list[np.ndarray] = []
+    ok = np.zeros(n, dtype=bool)
+    unreadable: list[dict[str, str]] = []
+    starts = list(range(0, n, batch_size))
+    with (
+        ThreadPoolExecutor(max_workers=4) as pool,
+        _progress.bar("evaluating", total=n, enabled=progress) as bar,
+    ):
+
+        def submit(start: int) -> list[Future]:
+            stop = min(start + batch_size, n)
+            return [pool.submit(_load, kept.image_path(i), spec) for i in range(start, stop)]
+
+        pending = submit(starts[0]) if starts else []
+        for b, start in enumerate(starts):
+            loaded = [f.result() for f in pending]
+            pending = submit(starts[b + 1]) if b + 1 < len(starts) else []
+            good = [j for j, a in enumerate(loaded) if not isinstance(a, str)]
+            for j, a in enumerate(loaded):
+                if isinstance(a, str):
+                    unreadable.append({"image": truth.images[start + j], "error": a})
+            if good:
+                probs = tagger.predict_arrays(np.stack([loaded[j] for j in good]))
+                for lvl, p in enumerate(probs.levels):
+                    levels[lvl].append(np.asarray(p, dtype=np.float64))
+                attrs.append(np.asarray(probs.attributes, dtype=np.float64))
+                ok[[start + j for j in good]] = True
+            bar.advance(len(loaded))
+    if not ok.any():
+        raise EvaluationError(
+            f"none of the {n} images could be read (first: {unreadable[0]['error']}); check the "
+            f"dataset with `fashion-tagger dataset info {ds.root}`"
+        )
+    sub = scoring.Truth(
+        truth.paths[ok],
+        truth.attributes[ok],
+        [im for im, good in zip(truth.images, ok, strict=True) if good],
+    )
+    return SplitOutputs(
+        levels=[np.concatenate(parts) for parts in levels],
+        attributes=np.concatenate(attrs).reshape(int(ok.sum()), len(spec.attribute_names)),
+        truth=sub,
+        n_rows=len(ds),
+        n_unknown_labels=int((~keep).sum()),
+        unreadable=unreadable,
+    )
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
+
+
+def _tagger(run_dir: str | Path, backend: str) -> tuple[RunDir, Tagger]:
+    from fashion_tagger.inference.tagger import Tagger
+    from fashion_tagger.rundir import RunDir
+
+    run = RunDir.open(run_dir)
+    return run, Tagger.load(run, backend=backend)
+
+
+def evaluate(
+    run_dir: str | Path,
+    dataset_dir: str | Path,
+    split: str = "test",
+    *,
+    batch_size: int = 64,
+    json_path: str | Path | None = None,
+    report_path: str | Path | None = None,
+    progress: bool = True,
+    backend: str = "auto",
+) -> dict[str, Any]:
+    """Evaluate a trained model on one split and write metrics.json and report.html.
+
+    Args:
+        run_dir: the run dir (model.json + weights).
+        dataset_dir: a dataset dir whose label paths are the model's (unknown paths are skipped).
+        split: `train`, `val` or `test`.
+        batch_size: images per forward pass.
+        json_path: where to write the metrics (default run_dir/metrics.json).
+        report_path: where to write the HTML report (default run_dir/report.html).
+        progress: show a progress bar.
+        backend: `auto`, `torch` or `onnx`, as for predict.
+
+    Returns:
+        The metrics dict that was written (schema in docs/evaluation.md).
+    """
+    run, tagger = _tagger(run_dir, backend)
+    ds = _open_split(dataset_dir, split)
+    out = run_split(tagger, ds, batch_size=batch_size, progress=progress)
+    spec = tagger.spec
+    result: dict[str, Any] = {
+        "format_version": scoring.FORMAT_VERSION,
+        "created": _now(),
+        "run": {"path": str(run.path), "model_id": spec.model_id, "backend": tagger.backend_name},
+        "dataset": {
+            "path": str(dataset_dir),
+            "name": ds.name,
+            "split": split,
+            "n_rows": out.n_rows,
+            "n_images": int(out.truth.paths.shape[0]),
+            "n_unknown_labels": out.n_unknown_labels,
+            "n_unreadable": len(out.unreadable),
+            "unreadable": out.unreadable[:20],
+        },
+        **scoring.score(
+            spec.taxonomy,
+            out.levels,
+            out.attributes,
+            out.truth,
+            spec.attribute_names,
+            spec.thresholds,
+        ),
+    }
+    json_path = Path(json_path) if json_path else run.path / METRICS_JSON
+    report_path = Path(report_path) if report_path else run.path / REPORT_HTML
+    write_json_atomic(json_path, result)
+    report.write_report(result, report_path, dataset_root=ds.root, run_dir=run.path)
+    result["files"] = {"metrics": str(json_path), "report": str(report_path)}
+    return result
+
+
+def calibrate(
+    run_dir: str | Path,
+    dataset_dir: str | Path,
+    split: str = "val",
+    *,
+    target_precision: float | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+    backend: str = "auto",
+) -> dict[str, Any]:
+    """Choose each attribute's threshold on a held-out split and store them in model.json.
+
+    Per attribute: the threshold with the best F1, or with `target_precision` the lowest one
+    whose precision reaches it (most recall at that precision), falling back to best F1 with a
+    note when no threshold reaches it. An attribute with no positive in the split keeps the
+    default threshold. Calibrate on `val`, never on the split you report (`test`).
+
+    Returns:
+        `split`, `n_images`, `target_precision`, `OF1` before/after (on this split) and one
+        entry per attribute: `name`, `threshold`, `previous`, `precision`, `recall`, `f1`,
+        `support`, `note`.
+    """
+    if target_precision is not None and not 0.0 < target_precision <= 1.0:
+        raise EvaluationError(
+            f"--target-precision must be in (0, 1], not {target_precision}; e.g. 0.9"
+        )
+    run, tagger = _tagger(run_dir, backend)
+    names: Sequence[str] = tagger.spec.attribute_names
+    if not names:
+        raise EvaluationError(
+            f"the model in {run.path} predicts no attributes: nothing to calibrate"
+        )
+    out = run_split(
+        tagger, _open_split(dataset_dir, split), batch_size=batch_size, progress=progress
+    )
+    before = np.asarray(tagger.spec.thresholds, dtype=np.float64)
+    rows = []
+    for j, name in enumerate(names):
+        thr, p, r, f, note = metrics.best_threshold(
+            out.truth.attributes[:, j], out.attributes[:, j], target_precision
+        )
+        rows.append(
+            {
+                "name": name,
+                "threshold": thr,
+                "previous": float(before[j]),
+                "precision": p,
+                "recall": r,
+                "f1": f,
+                "support": int(out.truth.attributes[:, j].sum()),
+                "note": note,
+            }
+        )
+    after = np.array([row["threshold"] for row in rows], dtype=np.float64)
+    y, s = out.truth.attributes, out.attributes
+    calibration = {
+        "split": split,
+        "dataset": str(dataset_dir),
+        "target_precision": target_precision,
+        "created": _now(),
+    }
+    run.update_model_json(
+        attributes={
+            **run.config.get("attributes", {}),
+            "thresholds": [float(t) for t in after],
+            "calibration": calibration,
+        }
+    )
+    return {
+        **calibration,
+        "model_json": str(run.model_json_path),
+        "n_images": int(y.shape[0]),
+        "OF1": {
+            "before": metrics.multilabel_overall(y, s, before)["OF1"],
+            "after": metrics.multilabel_overall(y, s, after)["OF1"],
+        },
+        "attributes": rows,
+    }
