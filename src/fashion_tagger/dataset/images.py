@@ -72,13 +72,12 @@ def _open(data: bytes) -> Image.Image:
     return img
 
 
-def _oriented_size(img: Image.Image) -> tuple[int, int]:
-    w, h = img.size
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag (1 = upright); call after `load()` (PNG reads EXIF while loading)."""
     try:
-        orientation = img.getexif().get(0x0112, 1)
+        return int(img.getexif().get(0x0112, 1))
     except Exception:
-        orientation = 1
-    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+        return 1
 
 
 def probe(data: bytes, sha256: str | None = None) -> ImageInfo:
@@ -89,17 +88,20 @@ def probe(data: bytes, sha256: str | None = None) -> ImageInfo:
     one `decode` uses. Pass `sha256` when the caller has hashed `data` already.
     """
     img = _open(data)
-    size = _oriented_size(img)
+    w, h = img.size  # before `draft` shrinks it
     ext = FORMATS[img.format]
     try:
         if img.format in ("JPEG", "MPO"):
-            img.draft(img.mode, (max(1, img.size[0] // 8), max(1, img.size[1] // 8)))
+            img.draft(img.mode, (max(1, w // 8), max(1, h // 8)))
         img.load()
+        orientation = _orientation(img)
     except Exception as exc:
         raise ImageError("corrupt", str(exc) or type(exc).__name__) from exc
     finally:
         img.close()
-    return ImageInfo(sha256 or hashlib.sha256(data).hexdigest(), ext, size[0], size[1])
+    if orientation in (5, 6, 7, 8):
+        w, h = h, w
+    return ImageInfo(sha256 or hashlib.sha256(data).hexdigest(), ext, w, h)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -117,7 +117,9 @@ def _stored_info(root: Path, sha: str) -> tuple[str, int, int] | None:
     try:
         with Image.open(path) as img:
             w, h = img.size
-            orientation = img.getexif().get(0x0112, 1)
+            # Pillow decodes a whole PNG to look for EXIF that is not in its header: skip that.
+            no_exif = img.format == "PNG" and "exif" not in img.info
+            orientation = 1 if no_exif else img.getexif().get(0x0112, 1)
         return (path.suffix[1:], *((h, w) if orientation in (5, 6, 7, 8) else (w, h)))
     except Exception:  # unreadable (e.g. cut short by a power loss): validate and store again
         return None

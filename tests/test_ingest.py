@@ -1,0 +1,128 @@
+"""Streaming ingest: bad images are skipped with a reason, re-runs change nothing, and an
+interrupted import resumes without decoding what it already stored."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import image_bytes
+from test_images import BROKEN
+from typer.testing import CliRunner
+
+from fashion_tagger.cli import app
+from fashion_tagger.dataset import images, ingest
+from fashion_tagger.dataset.core import Dataset
+from fashion_tagger.errors import DatasetError
+
+
+def _records(n: int, fail_after: int | None = None):
+    for i in range(n):
+        if fail_after is not None and i == fail_after:
+            raise KeyboardInterrupt("simulated interruption")
+        data = image_bytes("PNG", color=(i, 0, 0))
+        yield ingest.Record(
+            key=f"k{i}", labels=["A", f"B{i % 2}"], item_id=str(i), load=lambda d=data: d
+        )
+
+
+def _ingest(records, out, **kw):
+    return ingest.ingest(records, out, kind="test", fp="fp1", name="t", levels=["l1", "l2"],
+                         source="mem", workers=1, progress=False, **kw)  # fmt: skip
+
+
+def test_broken_images_are_skipped_with_reasons_and_rerun_changes_nothing(tmp_path, make_image):
+    src = tmp_path / "src"
+    for i in range(3):
+        make_image(src / "shirts" / f"good{i}.jpg", color=(10 * i, 50, 50))
+    for reason, data in BROKEN.items():
+        (src / "shirts" / f"{reason}.jpg").write_bytes(data)
+    out = tmp_path / "ds"
+    runner = CliRunner()
+    args = ["import", "folders", str(src), "--out", str(out), "--no-progress", "--workers", "2"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "imported 3" in result.output and "4 records skipped" in result.output
+    report = json.loads((out / "import_report.json").read_text())
+    by_file = {r["key"]: r["reason"] for r in report["skipped_records"]}
+    assert by_file == {f"shirts/{reason}.jpg": reason for reason in BROKEN}
+    assert len(Dataset.open(out)) == 3
+    before = (out / "items.parquet").read_bytes()
+    files_before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0 and "nothing to do" in again.output
+    assert (out / "items.parquet").read_bytes() == before
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == files_before
+
+
+def test_interrupted_import_resumes_without_decoding_stored_images(tmp_path, monkeypatch):
+    monkeypatch.setattr(ingest, "BATCH", 2)
+    out = tmp_path / "ds"
+    with pytest.raises(KeyboardInterrupt):
+        _ingest(_records(10, fail_after=7), out)
+    assert (out / ingest.STATE_DIR).is_dir() and not (out / "items.parquet").exists()
+    stored = len(list((out / "images").rglob("*.png")))
+    assert stored == 6  # three batches of two were stored before the interruption
+
+    probed, loaded = [], []
+    real_probe = images.probe
+    monkeypatch.setattr(
+        images, "probe", lambda data, sha=None: probed.append(1) or real_probe(data, sha)
+    )
+
+    def counting(n):
+        for rec in _records(n):
+            inner = rec.load
+            rec.load = lambda f=inner, k=rec.key: loaded.append(k) or f()
+            yield rec
+
+    result = _ingest(counting(10), out)
+    assert result.resumed and len(result.dataset) == 10
+    assert len(probed) == 10 - stored  # only the images not yet stored are decoded
+    assert "k0" not in loaded and "k1" not in loaded  # rows already written are not even read
+    assert not (out / ingest.STATE_DIR).exists()
+    assert sorted(result.dataset.table.column("item_id").to_pylist(), key=int) == [
+        str(i) for i in range(10)
+    ]
+
+
+def test_resume_with_other_arguments_is_refused(tmp_path):
+    out = tmp_path / "ds"
+    with pytest.raises(KeyboardInterrupt):
+        _ingest(_records(4, fail_after=1), out)
+    with pytest.raises(DatasetError, match="other arguments"):
+        ingest.ingest(_records(4), out, kind="test", fp="fp2", name="t", levels=[], source="mem",
+                      workers=1, progress=False)  # fmt: skip
+
+
+def test_existing_dataset_from_other_arguments_is_refused(tmp_path):
+    out = tmp_path / "ds"
+    _ingest(_records(2), out)
+    with pytest.raises(DatasetError, match="already holds a dataset"):
+        ingest.ingest(_records(2), out, kind="test", fp="other", name="t", levels=[], source="mem",
+                      workers=1, progress=False)  # fmt: skip
+
+
+def test_nothing_usable_is_an_error(tmp_path):
+    recs = [ingest.Record(key="a", labels=["x"], item_id="a", load=lambda: b"not an image")]
+    with pytest.raises(DatasetError, match="no usable image"):
+        _ingest(recs, tmp_path / "ds")
+
+
+def test_duplicate_images_are_stored_once(tmp_path):
+    data = image_bytes("PNG")
+    recs = [
+        ingest.Record(key=str(i), labels=["x"], item_id=str(i), load=lambda: data) for i in range(3)
+    ]
+    ds = _ingest(recs, tmp_path / "ds").dataset
+    assert len(ds) == 3 and len(set(ds.table.column("image").to_pylist())) == 1
+    assert len(list((tmp_path / "ds" / "images").rglob("*.png"))) == 1
+
+
+@pytest.mark.parametrize(
+    ("rel", "ok"),
+    [("images/1.jpg", True), ("a/b/c.png", True), ("../x.jpg", False), ("a/../../x", False),
+     ("/etc/passwd", False), ("C:/x.jpg", False), ("a\\..\\x", False), ("", False)],
+)  # fmt: skip
+def test_is_safe_relpath(rel, ok):
+    assert ingest.is_safe_relpath(rel) is ok
