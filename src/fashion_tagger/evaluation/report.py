@@ -478,7 +478,10 @@ def _curves_plot(csv: Path) -> str | None:
             axes[0, 1].plot(s.index, s.values, marker="o", ms=3, label=col.removeprefix("val_acc_"))
         axes[0, 1].set(xlabel=x, ylabel="accuracy", title="validation accuracy")
         axes[0, 1].legend(frameon=False)
+    from matplotlib.ticker import MaxNLocator
+
     for ax in axes.flat:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.spines[["top", "right"]].set_visible(False)
     return _png(fig)
@@ -524,13 +527,15 @@ def render(
         f"model {_e(run.get('model_id', '?'))} · dataset {_e(ds.get('name', '?'))} · "
         f"split {_e(ds.get('split', '?'))} · {ds.get('n_images', 0):,} images"
     )
+    footer = " · ".join(
+        x for x in ("fashion-tagger", m.get("created"), "every number here is in metrics.json") if x
+    )
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>Evaluation · {_e(run.get('model_id', ''))}</title><style>{CSS}</style></head>"
         f"<body><header><h1>Evaluation report</h1><p>{subtitle}</p></header><nav>{nav}</nav>"
-        f"<main>{sections}</main><footer>fashion-tagger · {_e(m.get('created', ''))} · "
-        f"every number here is in metrics.json</footer><script>{JS}</script></body></html>"
+        f"<main>{sections}</main><footer>{_e(footer)}</footer><script>{JS}</script></body></html>"
     )
 
 
