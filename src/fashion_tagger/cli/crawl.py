@@ -1,3 +1,138 @@
-"""CLI verbs of this stage (registered on import)."""
+"""`fashion-tagger crawl vinted|status`: build a dataset dir from a marketplace, resumably."""
 
 from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from fashion_tagger.cli._app import PROGRESS, console, crawl_app, fail, print_json
+
+
+def _split(values: list[str] | None) -> tuple[str, ...]:
+    """Repeated options, each possibly comma-separated: `--categories 1904,Men --categories 5`."""
+    return tuple(v.strip() for value in values or [] for v in value.split(",") if v.strip())
+
+
+@crawl_app.command("vinted")
+def crawl_vinted_cmd(
+    out: Path = typer.Option(None, "--out", "-o", help="Dataset dir to write (resumable)."),
+    domain: str = typer.Option("fr", "--domain", help="Site: fr, com, de, co.uk, es, it..."),
+    base_url: str = typer.Option("", "--base-url", help="Site URL; overrides --domain."),
+    per_category: int = typer.Option(300, "--per-category", help="Listings per leaf category."),
+    categories: list[str] = typer.Option(
+        None, "--categories", help="Only these categories: id, title or 'A > B' (repeat)."
+    ),
+    exclude: list[str] = typer.Option(
+        None, "--exclude", help="Also skip subtrees with this title (repeat)."
+    ),
+    keep_all: bool = typer.Option(
+        False, "--keep-all", help="Keep non-fashion branches (Home, Beauty, Toys...) too."
+    ),
+    list_only: bool = typer.Option(
+        False, "--list-categories", help="Print the category tree with item counts and exit."
+    ),
+    concurrency: int = typer.Option(2, "--concurrency", help="Requests in flight at once."),
+    delay: float = typer.Option(1.0, "--delay", help="Seconds between request starts."),
+    max_requests: int = typer.Option(
+        None, "--max-requests", help="Stop (resumably) after this many requests."
+    ),
+    image_size: int = typer.Option(224, "--image-size", help="Longest side of stored photos."),
+    quality: int = typer.Option(50, "--quality", help="JPEG quality of stored photos."),
+    all_photos: bool = typer.Option(
+        False, "--all-photos", help="Every photo of a listing (one detail request each)."
+    ),
+    unisex: str = typer.Option(
+        "relabel", "--unisex", help="Listing under Women and Men: relabel|keep-first|keep-both."
+    ),
+    timeout: float = typer.Option(20.0, "--timeout", help="Seconds before a request is retried."),
+    block_pause: float = typer.Option(
+        60.0, "--block-pause", help="Seconds to pause when the bot wall answers."
+    ),
+    progress: bool = PROGRESS,
+    as_json: bool = typer.Option(False, "--json", help="Print the run's summary as JSON."),
+) -> None:
+    """Crawl Vinted listings and photos into a dataset dir; re-run the same command to resume.
+
+    Exit code 3 means the site's bot protection blocked the crawl: the state is kept.
+
+    Example: fashion-tagger crawl vinted --out data/vinted --domain fr --per-category 300
+    """
+    from fashion_tagger.sources.vinted import (
+        Blocked,
+        CrawlConfig,
+        Politeness,
+        crawl_vinted,
+        list_categories,
+    )
+    from fashion_tagger.sources.vinted.categories import DEFAULT_EXCLUDE
+
+    config = CrawlConfig(
+        domain=domain,
+        base_url=base_url,
+        per_category=per_category,
+        categories=_split(categories),
+        exclude=() if keep_all else DEFAULT_EXCLUDE + _split(exclude),
+        image_size=image_size,
+        quality=quality,
+        all_photos=all_photos,
+        unisex=unisex,
+        politeness=Politeness(
+            delay=delay,
+            concurrency=concurrency,
+            timeout=timeout,
+            block_pause=block_pause,
+            max_requests=max_requests,
+        ),
+    )
+    if list_only:
+        for line in list_categories(config):
+            console.print(line, highlight=False, markup=False)
+        return
+    if out is None:
+        fail("--out DATASET_DIR is required (or use --list-categories)")
+    try:
+        result = crawl_vinted(out, config, progress=progress)
+    except Blocked as exc:
+        fail(str(exc), code=3)
+        return
+    if as_json:
+        print_json(result.to_dict())
+        return
+    console.print(
+        f"{result.stopped}: {result.listings} new listings, {result.photos} photos stored "
+        f"({result.failed_photos} failed) in {result.requests} requests, {result.seconds:.1f}s; "
+        f"{len(result.dataset)} images in [green]{result.dataset.root}[/]"
+    )
+    if result.stopped != "done":
+        console.print("[yellow]stopped early[/]: re-run the same command to continue")
+
+
+@crawl_app.command("status")
+def crawl_status_cmd(
+    out: Path = typer.Argument(..., help="Dataset dir of a crawl."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Summarise a crawl's progress and failures from its crawl.db.
+
+    Example: fashion-tagger crawl status data/vinted --json
+    """
+    from fashion_tagger.sources.vinted import crawl_status
+
+    summary = crawl_status(out)
+    if as_json:
+        print_json(summary)
+        return
+    table = Table("stage", "status", "count", title=f"crawl of {out}")
+    for stage in ("categories", "pages", "photos"):
+        for status, n in summary[stage].items():
+            table.add_row(stage, status, str(n))
+    table.add_row("listings", "total", str(summary["listings"]["total"]))
+    table.add_row("listings", "without photo", str(summary["listings"]["without_photo"]))
+    console.print(table)
+    for stage, errors in summary["failures"].items():
+        for error, n in errors.items():
+            console.print(f"[red]{stage}[/] failed {n}x: {error}", highlight=False)
+    if summary.get("dataset_images") is not None:
+        console.print(f"{summary['dataset_images']} images in the dataset manifest")
