@@ -192,6 +192,7 @@ class _State:
     def flush(self, rows: list[dict[str, Any]]) -> None:
         if not rows:
             return
+        store.sync()  # the images these rows name must be on disk before the rows are
         schema = manifest.SCHEMA.append(pa.field("_key", pa.string()))
         table = pa.Table.from_pylist(rows, schema=schema)
         path = self.dir / f"part-{len(self.parts):05d}.parquet"
