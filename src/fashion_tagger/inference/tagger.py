@@ -1,0 +1,257 @@
+"""`Tagger`: load a run dir and turn images into valid category paths and attributes.
+
+A backend is any callable `(x: (N, C, H, W) float32) -> [probs_level_0, ..., attributes]`: the
+torch model here, or ONNX Runtime (`inference/onnx.py`). Decoding is the same for both: the
+best-scoring valid root-to-leaf path (`Taxonomy.best_path`), the top-k leaves, and the attributes
+at or above their threshold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from fashion_tagger.errors import FashionTaggerError
+from fashion_tagger.inference.preprocess import load_for_model
+from fashion_tagger.rundir import ModelSpec, RunDir
+
+Backend = Callable[[np.ndarray], list[np.ndarray]]
+ImageSource = str | Path | bytes | Image.Image
+BACKENDS = ("auto", "torch", "onnx")
+_EPS = 1e-12
+
+
+@dataclass
+class Probs:
+    """Model outputs as probabilities: `levels[l]` is (N, C_l), rows sum to 1; `attributes` (N, A)."""
+
+    levels: list[np.ndarray]
+    attributes: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.levels[0]) if self.levels else len(self.attributes)
+
+
+@dataclass
+class Prediction:
+    """One image's answer: a valid path with per-level scores, top-k leaves, attributes."""
+
+    image: str | None
+    path: list[dict[str, Any]] = field(default_factory=list)
+    top_k: list[dict[str, Any]] = field(default_factory=list)
+    attributes: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def labels(self) -> list[str]:
+        return [p["label"] for p in self.path]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class TorchBackend:
+    """Runs the PyTorch model of a run dir on CPU (or `device`)."""
+
+    name = "torch"
+
+    def __init__(self, run: RunDir, device: str = "cpu") -> None:
+        import torch
+
+        from fashion_tagger.training.model import load_model
+
+        self._torch = torch
+        self.model, _ = load_model(run)
+        self.device = torch.device(device)
+        self.model.to(self.device)
+
+    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
+        torch = self._torch
+        with torch.inference_mode():
+            out = self.model.probabilities(
+                torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
+            )
+        return [o.float().cpu().numpy() for o in out]
+
+
+def _onnx_available(run: RunDir) -> bool:
+    if not (run.path / "model.onnx").is_file():
+        return False
+    try:
+        import onnxruntime  # noqa: F401
+
+        import fashion_tagger.inference.onnx  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class Tagger:
+    """A trained model ready to tag images.
+
+    Example:
+        >>> tagger = Tagger.load("runs/products")
+        >>> [p.labels for p in tagger.predict(["shirt.jpg"])]
+        [['Apparel', 'Topwear', 'Shirts']]
+    """
+
+    def __init__(self, spec: ModelSpec, backend: Backend, backend_name: str = "custom") -> None:
+        self.spec = spec
+        self.backend = backend
+        self.backend_name = backend_name
+        tax = spec.taxonomy
+        paths = tax.leaf_index_paths()
+        self._leaf_paths = paths
+        # (levels, leaves) class index of each leaf's path at each level, -1 below its depth
+        self._leaf_idx = np.full((tax.depth, len(paths)), -1, dtype=np.int64)
+        for j, p in enumerate(paths):
+            self._leaf_idx[: len(p), j] = p
+        self._thresholds = np.asarray(spec.thresholds, dtype=np.float32)
+
+    @classmethod
+    def load(cls, run_dir: str | Path | RunDir, backend: str = "auto") -> Tagger:
+        """Open a run dir with a backend: `auto` = ONNX when model.onnx exists and onnxruntime
+        imports, else torch."""
+        if backend not in BACKENDS:
+            raise FashionTaggerError(
+                f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}"
+            )
+        run = run_dir if isinstance(run_dir, RunDir) else RunDir.open(run_dir)
+        if backend == "auto":
+            backend = "onnx" if _onnx_available(run) else "torch"
+        if backend == "onnx":
+            if not (run.path / "model.onnx").is_file():
+                raise FashionTaggerError(
+                    f"{run.path} has no model.onnx; create it with `fashion-tagger export onnx "
+                    f"{run.path}` or use --backend torch"
+                )
+            from fashion_tagger.errors import require
+
+            require("onnxruntime", "onnx")
+            from fashion_tagger.inference.onnx import OnnxBackend
+
+            return cls(run.spec, OnnxBackend(run.path / "model.onnx"), "onnx")
+        return cls(run.spec, TorchBackend(run), "torch")
+
+    # -- model ----------------------------------------------------------------------------------
+    def predict_arrays(self, x: np.ndarray) -> Probs:
+        """Probabilities for a preprocessed batch (N, C, H, W) float32."""
+        out = self.backend(np.asarray(x, dtype=np.float32))
+        depth = self.spec.taxonomy.depth
+        if len(out) != depth + 1:
+            raise FashionTaggerError(
+                f"the backend returned {len(out)} outputs; the model has {depth} levels + attributes"
+            )
+        attrs = np.asarray(out[depth], dtype=np.float32).reshape(len(x), -1)
+        return Probs([np.asarray(o, dtype=np.float32) for o in out[:depth]], attrs)
+
+    # -- decoding -------------------------------------------------------------------------------
+    def path_scores(self, probs: Probs) -> np.ndarray:
+        """(N, leaves) log-probability of every leaf's path: the sum over its levels."""
+        n = len(probs)
+        scores = np.zeros((n, self._leaf_idx.shape[1]), dtype=np.float64)
+        for lvl, p in enumerate(probs.levels):
+            idx = self._leaf_idx[lvl]
+            deep = idx >= 0
+            scores[:, deep] += np.log(np.maximum(p[:, idx[deep]], _EPS))
+        return scores
+
+    def decode(
+        self, probs: Probs, top_k: int = 5, names: Sequence[str | None] | None = None
+    ) -> list[Prediction]:
+        """Probabilities to predictions: the best valid path (as `Taxonomy.best_path`), the
+        `top_k` leaves by path score, the attributes at or above their threshold."""
+        tax = self.spec.taxonomy
+        scores = self.path_scores(probs)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, : max(1, top_k)]
+        out = []
+        for i in range(len(probs)):
+            best = self._leaf_paths[order[i, 0]]
+            path = [
+                {
+                    "level": tax.level_names[lvl],
+                    "label": tax.names[lvl][c],
+                    "score": float(probs.levels[lvl][i, c]),
+                }
+                for lvl, c in enumerate(best)
+            ]
+            tops = [
+                {
+                    "path": list(tax.decode(self._leaf_paths[j])),
+                    "score": float(np.exp(scores[i, j])),
+                }
+                for j in order[i, :top_k]
+            ]
+            attrs = []
+            if probs.attributes.shape[1]:
+                row = probs.attributes[i]
+                hits = np.flatnonzero(row >= self._thresholds)
+                for a in hits[np.argsort(-row[hits], kind="stable")]:
+                    attrs.append({"name": self.spec.attribute_names[a], "score": float(row[a])})
+            out.append(
+                Prediction(
+                    image=None if names is None else names[i],
+                    path=path,
+                    top_k=tops,
+                    attributes=attrs,
+                )
+            )
+        return out
+
+    # -- images ---------------------------------------------------------------------------------
+    def _load(self, source: ImageSource) -> np.ndarray | str:
+        """The model input of one image, or the reason it could not be read."""
+        try:
+            return load_for_model(source, self.spec)
+        except (FashionTaggerError, OSError, ValueError) as exc:
+            return str(exc) or type(exc).__name__
+
+    def iter_predict(
+        self, images: Sequence[ImageSource], batch_size: int = 32, top_k: int = 5, workers: int = 4
+    ) -> Iterator[list[Prediction]]:
+        """Predictions batch by batch; images of the next batch decode (in threads) while the
+        model runs on this one."""
+        batch_size = max(1, batch_size)
+        batches = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+
+            def submit(batch: Sequence[ImageSource]) -> list[Future]:
+                return [pool.submit(self._load, s) for s in batch]
+
+            pending = submit(batches[0]) if batches else []
+            for b, batch in enumerate(batches):
+                loaded = [f.result() for f in pending]
+                pending = submit(batches[b + 1]) if b + 1 < len(batches) else []
+                names = [_name(s) for s in batch]
+                good = [i for i, a in enumerate(loaded) if not isinstance(a, str)]
+                preds: list[Prediction | None] = [None] * len(batch)
+                if good:
+                    x = np.stack([loaded[i] for i in good])
+                    decoded = self.decode(
+                        self.predict_arrays(x), top_k=top_k, names=[names[i] for i in good]
+                    )
+                    for i, p in zip(good, decoded, strict=True):
+                        preds[i] = p
+                for i, a in enumerate(loaded):
+                    if isinstance(a, str):
+                        preds[i] = Prediction(image=names[i], error=a)
+                yield [p for p in preds if p is not None]
+
+    def predict(
+        self, images: Sequence[ImageSource], batch_size: int = 32, top_k: int = 5
+    ) -> list[Prediction]:
+        """Tag images (paths, bytes or PIL images); an unreadable one gets `error`, not an
+        exception."""
+        return [p for batch in self.iter_predict(list(images), batch_size, top_k) for p in batch]
+
+
+def _name(source: ImageSource) -> str | None:
+    if isinstance(source, str | Path):
+        return str(source)
+    return getattr(source, "filename", None) or None

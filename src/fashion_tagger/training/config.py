@@ -1,0 +1,233 @@
+"""Training configuration: one frozen dataclass per concern, validated on creation.
+
+The resolved config is serialised from these objects into the run dir (`model.json["training"]`
+and `train_config.json`, which `--resume` reads back), never re-parsed from argv. Every error
+names the command-line flag to change.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from fashion_tagger.errors import FashionTaggerError
+
+SCHEDULES = ("onecycle", "cosine", "constant")
+CLASS_WEIGHTS = ("inverse", "sqrt", "none")
+RESIZE = ("squash", "pad")
+
+
+class ConfigError(FashionTaggerError):
+    """A training option is out of range; the message names the flag."""
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How images become batches.
+
+    Attributes:
+        image_size: (H, W) to train at; None = the backbone's default (timm pretrained_cfg, or
+            64x64 for simple-cnn). `--image-size`.
+        channels: 3 (RGB) or 1 (grey). `--channels`.
+        resize: "squash" (stretch) or "pad" (keep aspect, pad white). `--resize`.
+        augment: random flip, brightness/contrast, shift-scale-rotate, blur and noise on train
+            batches only. `--augment`.
+        class_weights: "inverse" class frequency (normalised to mean 1, as the paper), "sqrt" of
+            it (milder), or "none". `--class-weights`.
+        workers: processes that decode images into the cache (0 = in this process).
+            `--workers`.
+        cache_dir: where decoded uint8 arrays (and backbone features) are kept between runs;
+            None = `<run dir>/cache`. `--cache-dir`.
+        train_split, val_split: split names read from the dataset's `split` column.
+    """
+
+    image_size: tuple[int, int] | None = None
+    channels: int = 3
+    resize: str = "squash"
+    augment: bool = False
+    class_weights: str = "inverse"
+    workers: int = 2
+    cache_dir: str | None = None
+    train_split: str = "train"
+    val_split: str = "val"
+
+    def __post_init__(self) -> None:
+        if self.image_size is not None:
+            size = tuple(int(v) for v in self.image_size)
+            _check(
+                len(size) == 2 and all(8 <= v <= 2048 for v in size),
+                f"--image-size must be one or two numbers between 8 and 2048, not {self.image_size}",
+            )
+            object.__setattr__(self, "image_size", size)
+        _check(self.channels in (1, 3), "--channels must be 1 or 3")
+        _check(self.resize in RESIZE, f"--resize must be one of {', '.join(RESIZE)}")
+        _check(
+            self.class_weights in CLASS_WEIGHTS,
+            f"--class-weights must be one of {', '.join(CLASS_WEIGHTS)}",
+        )
+        _check(self.workers >= 0, "--workers must be 0 or more")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which network: a backbone, a head, and their options.
+
+    Attributes:
+        backbone: a timm model name (e.g. resnet50, mobilenetv3_small_100) or `simple-cnn`.
+            `--backbone`.
+        head: unified (Ferreira et al. 2018), multi or flat. `--head`.
+        hidden: units of each head branch (0 = no hidden layer). `--hidden`.
+        dropout: dropout after each branch's ReLU. `--dropout`.
+        head_weight_decay: L2 penalty on the head branches (5e-4 in the paper).
+            `--head-weight-decay`.
+        pretrained: start from timm's ImageNet weights (needs network). `--pretrained`.
+        weights: a local backbone weights file (safetensors or torch state dict), offline.
+            `--weights`.
+        freeze_backbone: backbone frozen throughout; features computed once and cached; only
+            the heads train (seconds). `--freeze-backbone`.
+        freeze_backbone_epochs: heads only for this many epochs, then everything (fine-tune).
+            `--freeze-backbone-epochs`.
+    """
+
+    backbone: str = "simple-cnn"
+    head: str = "unified"
+    hidden: int = 1024
+    dropout: float = 0.3
+    head_weight_decay: float = 5e-4
+    pretrained: bool = False
+    weights: str | None = None
+    freeze_backbone: bool = False
+    freeze_backbone_epochs: int = 0
+
+    def __post_init__(self) -> None:
+        from fashion_tagger.training.model import list_heads
+
+        _check(bool(self.backbone), "--backbone must name a model")
+        _check(self.head in list_heads(), f"--head must be one of {', '.join(list_heads())}")
+        _check(self.hidden >= 0, "--hidden must be 0 or more")
+        _check(0.0 <= self.dropout < 1.0, "--dropout must be in [0, 1)")
+        _check(self.head_weight_decay >= 0, "--head-weight-decay must be 0 or more")
+        _check(
+            not (self.pretrained and self.weights),
+            "--pretrained and --weights both give backbone weights: pick one",
+        )
+        if self.weights is not None:
+            object.__setattr__(self, "weights", str(self.weights))
+            _check(Path(self.weights).is_file(), f"--weights {self.weights}: no such file")
+        _check(self.freeze_backbone_epochs >= 0, "--freeze-backbone-epochs must be 0 or more")
+
+
+def parse_max_time(value: str | float | None) -> dict[str, int] | None:
+    """`--max-time`: minutes (`90`, `1.5`) or `HH:MM:SS` to Lightning's max_time dict."""
+    if value in (None, ""):
+        return None
+    text = str(value).strip()
+    m = re.fullmatch(r"(\d+):(\d{1,2}):(\d{1,2})", text)
+    if m:
+        h, mi, s = (int(g) for g in m.groups())
+        seconds = h * 3600 + mi * 60 + s
+    else:
+        try:
+            seconds = round(float(text) * 60)
+        except ValueError:
+            raise ConfigError(f"--max-time {value!r}: give minutes (e.g. 30) or HH:MM:SS") from None
+    _check(seconds > 0, "--max-time must be positive")
+    return {
+        "days": seconds // 86400,
+        "hours": seconds % 86400 // 3600,
+        "minutes": seconds % 3600 // 60,
+        "seconds": seconds % 60,
+    }
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The optimisation: epochs, batches, learning rate schedule, devices, checkpoints.
+
+    Attributes:
+        data, model: see `DataConfig`, `ModelConfig`.
+        epochs: passes over the train split. `--epochs`.
+        batch_size: images per step (per device). `--batch-size`.
+        lr: peak learning rate, or "auto" for Lightning's LR finder. `--lr`.
+        weight_decay: AdamW weight decay of the backbone. `--weight-decay`.
+        schedule: onecycle, cosine or constant. `--schedule`.
+        label_smoothing: of the level losses (0 = off). `--label-smoothing`.
+        precision: Lightning precision ("32-true", "bf16-mixed", "16-mixed"). `--precision`.
+        devices, num_nodes: Lightning Trainer devices and nodes (DDP when more than one).
+            `--devices`, `--num-nodes`.
+        seed: for splits of batches, initialisation and augmentation. `--seed`.
+        max_time: stop after this long (minutes or HH:MM:SS). `--max-time`.
+        checkpoint_every: also save checkpoints/last.ckpt every this many steps, so a run killed
+            mid-epoch resumes near where it stopped (0 = at epoch ends only).
+            `--checkpoint-every`.
+        progress: show a progress bar.
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float | str = 2e-3
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"
+    label_smoothing: float = 0.0
+    precision: str = "32-true"
+    devices: int | str = "auto"
+    num_nodes: int = 1
+    seed: int = 0
+    max_time: str | None = None
+    checkpoint_every: int = 200
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "--epochs must be 1 or more")
+        _check(self.batch_size >= 1, "--batch-size must be 1 or more")
+        if isinstance(self.lr, str) and self.lr != "auto":
+            try:
+                object.__setattr__(self, "lr", float(self.lr))
+            except ValueError:
+                raise ConfigError(f"--lr must be a number or 'auto', not {self.lr!r}") from None
+        if not isinstance(self.lr, str):
+            _check(0 < float(self.lr) < 10, "--lr must be a positive number (e.g. 2e-3) or auto")
+        _check(self.weight_decay >= 0, "--weight-decay must be 0 or more")
+        _check(self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}")
+        _check(0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)")
+        _check(self.num_nodes >= 1, "--num-nodes must be 1 or more")
+        _check(self.checkpoint_every >= 0, "--checkpoint-every must be 0 or more")
+        parse_max_time(self.max_time)
+        if self.model.freeze_backbone and self.data.augment:
+            raise ConfigError(
+                "--freeze-backbone trains on cached features, which cannot be augmented: "
+                "drop --augment or use --freeze-backbone-epochs"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Rebuild from `to_dict()` output (unknown keys are ignored)."""
+        try:
+            top = {
+                f.name: d[f.name]
+                for f in fields(cls)
+                if f.name in d and f.name not in ("data", "model")
+            }
+            data = {
+                f.name: d["data"][f.name] for f in fields(DataConfig) if f.name in d.get("data", {})
+            }
+            model = {
+                f.name: d["model"][f.name]
+                for f in fields(ModelConfig)
+                if f.name in d.get("model", {})
+            }
+            return cls(data=DataConfig(**data), model=ModelConfig(**model), **top)
+        except (TypeError, KeyError, AttributeError) as exc:
+            raise ConfigError(f"saved training config is malformed: {exc}") from exc

@@ -1,0 +1,236 @@
+"""Training data: images decoded once at the training size, targets, batches, augmentation.
+
+CPU training is data-bound if every step decodes JPEGs, so each split is decoded once (in
+parallel, with `Image.draft`) into one uint8 array (N, C, H, W) kept in memory and saved as a
+.npy cache; a batch is then a fancy index into that array. Augmentation runs on the batch tensor
+(flip, brightness/contrast, shift-scale-rotate, blur, noise), so it costs a few vectorised ops.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from fashion_tagger import _progress
+from fashion_tagger.dataset.core import Dataset
+from fashion_tagger.errors import DatasetError
+from fashion_tagger.rundir import ModelSpec
+from fashion_tagger.taxonomy import Taxonomy
+
+CHUNK = 256
+
+
+@dataclass
+class SplitArrays:
+    """One split in memory: pixels (N, C, H, W) uint8, level targets (N, L) int64 (-1 = masked),
+    attribute targets (N, A) float32."""
+
+    images: np.ndarray
+    levels: np.ndarray
+    attributes: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.levels)
+
+
+def _decode_chunk(root: str, rels: list[str], spec: ModelSpec) -> tuple[np.ndarray, list[int]]:
+    """Worker: decode images at the model size; returns the stack and the failed positions."""
+    from fashion_tagger.inference.preprocess import decode_for_model, to_uint8
+
+    h, w = spec.input_size
+    out = np.zeros((len(rels), spec.channels, h, w), dtype=np.uint8)
+    bad = []
+    for i, rel in enumerate(rels):
+        try:
+            out[i] = to_uint8(decode_for_model(Path(root) / rel, spec), spec)
+        except Exception:  # a broken file must not stop training; reported by count
+            bad.append(i)
+    return out, bad
+
+
+def decode_images(
+    root: Path, rels: list[str], spec: ModelSpec, workers: int, progress: bool, label: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decode every image into one uint8 array; returns (array, ok mask)."""
+    h, w = spec.input_size
+    out = np.zeros((len(rels), spec.channels, h, w), dtype=np.uint8)
+    ok = np.ones(len(rels), dtype=bool)
+    chunks = [(i, rels[i : i + CHUNK]) for i in range(0, len(rels), CHUNK)]
+    with _progress.bar(f"decoding {label} images", total=len(rels), enabled=progress) as bar:
+
+        def take(start: int, arr: np.ndarray, bad: list[int]) -> None:
+            out[start : start + len(arr)] = arr
+            for b in bad:
+                ok[start + b] = False
+            bar.advance(len(arr))
+
+        if workers <= 1 or len(chunks) <= 1:
+            for start, part in chunks:
+                take(start, *_decode_chunk(str(root), part, spec))
+        else:
+            with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+                futures = [
+                    (start, pool.submit(_decode_chunk, str(root), part, spec))
+                    for start, part in chunks
+                ]
+                for start, fut in futures:
+                    take(start, *fut.result())
+    return out, ok
+
+
+def encode_targets(
+    ds: Dataset, taxonomy: Taxonomy, attribute_names: list[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Level indices (N, L) with -1 below each path's depth, and multi-hot attributes (N, A).
+
+    An image with no value of an attribute group counts as a negative for every value of it.
+    """
+    labels = ds.labels
+    levels = np.array([taxonomy.encode(p) for p in labels], dtype=np.int64).reshape(
+        len(labels), taxonomy.depth
+    )
+    col = {name: j for j, name in enumerate(attribute_names)}
+    attrs = np.zeros((len(labels), len(attribute_names)), dtype=np.float32)
+    for i, values in enumerate(ds.table.column("attributes").to_pylist()):
+        for v in values:
+            if v in col:
+                attrs[i, col[v]] = 1.0
+    return levels, attrs
+
+
+def load_split(
+    ds: Dataset,
+    split: str,
+    spec: ModelSpec,
+    cache_dir: Path,
+    workers: int,
+    progress: bool,
+) -> tuple[SplitArrays, int]:
+    """A split as arrays, decoded once and cached as .npy keyed by its images and the input
+    spec; returns the arrays and the number of unreadable images dropped."""
+    part = ds.split(split)
+    if len(part) == 0:
+        raise DatasetError(
+            f"{ds.root} has no {split!r} images; split it first: "
+            f"fashion-tagger dataset split {ds.root} --val 0.15 --test 0.15"
+        )
+    rels = part.table.column("image").to_pylist()
+    h, w = spec.input_size
+    key = hashlib.sha256(
+        "\n".join([f"{h}x{w}x{spec.channels}-{spec.resize}", *rels]).encode()
+    ).hexdigest()[:16]
+    cache = Path(cache_dir) / f"{split}-{h}x{w}x{spec.channels}-{key}.npz"
+    if cache.is_file():
+        with np.load(cache) as z:
+            pixels, ok = z["images"], z["ok"]
+    else:
+        pixels, ok = decode_images(ds.root, rels, spec, workers, progress, split)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        from fashion_tagger._io import atomic_path
+
+        with atomic_path(cache) as tmp, open(tmp, "wb") as f:
+            np.savez(f, images=pixels, ok=ok)
+    levels, attrs = encode_targets(part, spec.taxonomy, spec.attribute_names)
+    return SplitArrays(pixels[ok], levels[ok], attrs[ok]), int((~ok).sum())
+
+
+class BatchDataset(torch.utils.data.Dataset):
+    """Indexable by one position or by a list of positions (a whole batch at once).
+
+    With a `BatchSampler` as the sampler and `batch_size=None`, the loader hands a list of
+    indices to `__getitem__`, so a batch is one numpy fancy index, not `batch_size` calls.
+    """
+
+    def __init__(self, images: np.ndarray, levels: np.ndarray, attributes: np.ndarray) -> None:
+        self.images, self.levels, self.attributes = images, levels, attributes
+
+    def __len__(self) -> int:
+        return len(self.levels)
+
+    def __getitem__(self, idx):
+        if isinstance(idx, list):
+            idx = np.asarray(idx)
+        return (
+            torch.from_numpy(np.ascontiguousarray(self.images[idx])),
+            torch.from_numpy(np.ascontiguousarray(self.levels[idx])),
+            torch.from_numpy(np.ascontiguousarray(self.attributes[idx])),
+        )
+
+
+def make_loader(
+    ds: BatchDataset, batch_size: int, shuffle: bool, seed: int, distributed: bool
+) -> torch.utils.data.DataLoader:
+    """Fast whole-batch indexing on one device; a standard per-sample loader under DDP (so
+    Lightning can shard it with its DistributedSampler)."""
+    from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+
+    if distributed:
+        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, drop_last=shuffle)
+    gen = torch.Generator().manual_seed(seed)
+    base = RandomSampler(ds, generator=gen) if shuffle else SequentialSampler(ds)
+    drop = shuffle and len(ds) > batch_size
+    return DataLoader(ds, batch_size=None, sampler=BatchSampler(base, batch_size, drop_last=drop))
+
+
+def class_weights(levels: np.ndarray, sizes: tuple[int, ...], mode: str) -> list[torch.Tensor]:
+    """Per-level loss weights from train counts: inverse frequency (or its sqrt), mean 1 over the
+    classes seen in training; classes never seen get weight 0."""
+    out = []
+    for lvl, n in enumerate(sizes):
+        y = levels[:, lvl]
+        counts = np.bincount(y[y >= 0], minlength=n).astype(np.float64)
+        if mode == "none":
+            w = np.ones(n)
+        else:
+            w = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0)
+            if mode == "sqrt":
+                w = np.sqrt(w)
+            seen = counts > 0
+            if seen.any():
+                w = w / w[seen].mean()
+        out.append(torch.tensor(w, dtype=torch.float32))
+    return out
+
+
+def augment(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random flip, brightness/contrast, shift-scale-rotate, blur and noise of a float batch in
+    [0, 1] (N, C, H, W); one draw per image, all vectorised."""
+    n, c, _h, _w = x.shape
+    dev = x.device
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=generator).to(dev)
+
+    # horizontal flip
+    flip = rand(n) < 0.5
+    x = torch.where(flip.view(n, 1, 1, 1), x.flip(3), x)
+    # brightness / contrast
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    contrast = 1 + (rand(n, 1, 1, 1) - 0.5) * 0.4
+    bright = (rand(n, 1, 1, 1) - 0.5) * 0.2
+    x = (x - mean) * contrast + mean + bright
+    # shift-scale-rotate (fill with white, the catalog background)
+    angle = (rand(n) - 0.5) * (2 * np.pi * 15 / 360)
+    scale = 1 + (rand(n) - 0.5) * 0.2
+    tx, ty = (rand(n) - 0.5) * 0.2, (rand(n) - 0.5) * 0.2
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x - 1, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + 1
+    # blur a quarter of the images
+    blur = rand(n) < 0.25
+    if bool(blur.any()):
+        k = torch.ones(c, 1, 3, 3, device=dev) / 9
+        blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k, groups=c)
+        x = torch.where(blur.view(n, 1, 1, 1), blurred, x)
+    # gaussian noise on a quarter of the images
+    noisy = (rand(n) < 0.25).view(n, 1, 1, 1).float()
+    x = x + noisy * torch.randn(x.shape, generator=generator).to(dev) * 0.03
+    return x.clamp(0, 1)

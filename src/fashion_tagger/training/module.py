@@ -1,0 +1,185 @@
+"""The LightningModule: wires the model to its losses, metrics, optimiser and schedule.
+
+No architecture lives here (that is `model.py`) and no data handling (that is `data.py`): a step
+turns uint8 pixels into normalised floats (augmenting train batches), runs the model, and sums
+a masked, class-weighted cross-entropy per level and a BCE over attributes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from fashion_tagger.rundir import ModelSpec
+from fashion_tagger.training.config import TrainConfig
+from fashion_tagger.training.data import augment
+from fashion_tagger.training.model import FashionModel
+
+
+def hierarchy_loss(
+    outputs: tuple[Tensor, ...],
+    levels: Tensor,
+    attributes: Tensor,
+    weights: list[Tensor] | None = None,
+    label_smoothing: float = 0.0,
+) -> tuple[Tensor, list[Tensor], Tensor]:
+    """Sum of per-level cross-entropies (targets -1 ignored) and the attributes' BCE.
+
+    Returns (total, per-level losses, attribute loss). A level with no valid target in the batch
+    contributes 0.
+    """
+    per_level = []
+    for lvl, logits in enumerate(outputs[:-1]):
+        y = levels[:, lvl]
+        if bool((y >= 0).any()):
+            w = None if weights is None else weights[lvl].to(logits.device)
+            per_level.append(
+                F.cross_entropy(
+                    logits.float(), y, weight=w, ignore_index=-1, label_smoothing=label_smoothing
+                )
+            )
+        else:
+            per_level.append(logits.sum() * 0.0)
+    attr_logits = outputs[-1]
+    attr = (
+        F.binary_cross_entropy_with_logits(attr_logits.float(), attributes)
+        if attr_logits.shape[1]
+        else attr_logits.sum() * 0.0
+    )
+    return torch.stack(per_level).sum() + attr, per_level, attr
+
+
+class TaggerModule(pl.LightningModule):
+    """Trains a `FashionModel`; logs train_loss, val_loss, val_acc_<level> and val_acc_leaf.
+
+    `features_input=True` trains the head alone on precomputed backbone features
+    (`--freeze-backbone`).
+    """
+
+    def __init__(
+        self,
+        model: FashionModel,
+        spec: ModelSpec,
+        config: TrainConfig,
+        weights: list[Tensor] | None = None,
+        features_input: bool = False,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.spec = spec
+        self.config = config
+        self.class_weights = weights
+        self.features_input = features_input
+        self.lr = float(config.lr) if not isinstance(config.lr, str) else 1e-3
+        mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, -1, 1, 1)
+        std = torch.tensor(spec.std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("std", std, persistent=False)
+        tax = spec.taxonomy
+        paths = tax.leaf_index_paths()
+        idx = torch.full((tax.depth, len(paths)), -1, dtype=torch.long)
+        for j, p in enumerate(paths):
+            idx[: len(p), j] = torch.tensor(p)
+        self.register_buffer("leaf_idx", idx, persistent=False)
+        self._gen = torch.Generator().manual_seed(config.seed)
+        self._val: dict[str, Tensor] = {}
+
+    # -- forward --------------------------------------------------------------------------------
+    def _inputs(self, x: Tensor, train: bool) -> Tensor:
+        if self.features_input:
+            return x
+        x = x.float() / 255.0
+        if train and self.config.data.augment:
+            x = augment(x, self._gen)
+        return (x - self.mean) / self.std
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        return self.model.head(x) if self.features_input else self.model(x)
+
+    def _freeze_now(self) -> bool:
+        m = self.config.model
+        return m.freeze_backbone or self.current_epoch < m.freeze_backbone_epochs
+
+    def on_train_epoch_start(self) -> None:
+        frozen = self._freeze_now() and not self.features_input
+        for p in self.model.backbone.parameters():
+            p.requires_grad_(not frozen)
+        if frozen:
+            self.model.backbone.eval()  # keep BatchNorm statistics of the pretrained weights
+
+    # -- steps ----------------------------------------------------------------------------------
+    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, levels, attrs = batch
+        out = self(self._inputs(x, train=True))
+        loss, _, _ = hierarchy_loss(
+            out, levels, attrs, self.class_weights, self.config.label_smoothing
+        )
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(x))
+        return loss
+
+    def leaf_predictions(self, outputs: tuple[Tensor, ...]) -> Tensor:
+        """Index of the best valid leaf path per image (the decoding of `Taxonomy.best_path`)."""
+        scores = torch.zeros(outputs[0].shape[0], self.leaf_idx.shape[1], device=outputs[0].device)
+        for lvl, logits in enumerate(outputs[:-1]):
+            logp = torch.log_softmax(logits.float(), dim=1)
+            idx = self.leaf_idx[lvl]
+            deep = idx >= 0
+            scores[:, deep] += logp[:, idx[deep]]
+        return scores.argmax(dim=1)
+
+    def on_validation_epoch_start(self) -> None:
+        self._val = {}
+
+    def _acc(self, key: str, correct: Tensor, total: Tensor) -> None:
+        c, t = self._val.get(key, (torch.zeros((), device=correct.device),) * 2)
+        self._val[key] = (c + correct, t + total)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
+        x, levels, attrs = batch
+        out = self(self._inputs(x, train=False))
+        loss, _, _ = hierarchy_loss(out, levels, attrs, self.class_weights)
+        self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=len(x), sync_dist=True)
+        leaf = self.leaf_predictions(out)
+        pred_paths = self.leaf_idx[:, leaf].T  # (N, L), -1 below the predicted depth
+        for lvl, name in enumerate(self.spec.taxonomy.level_names):
+            y = levels[:, lvl]
+            valid = y >= 0
+            self._acc(
+                f"val_acc_{name}",
+                ((pred_paths[:, lvl] == y) & valid).sum().float(),
+                valid.sum().float(),
+            )
+        exact = (pred_paths == levels).all(dim=1)
+        self._acc("val_acc_leaf", exact.sum().float(), torch.tensor(float(len(x)), device=x.device))
+
+    def on_validation_epoch_end(self) -> None:
+        for key, (c, t) in self._val.items():
+            c, t = self.all_gather(c).sum(), self.all_gather(t).sum()
+            self.log(key, c / t.clamp(min=1), prog_bar=key == "val_acc_leaf")
+
+    # -- optimisation ---------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        cfg = self.config
+        head_params = [p for p in self.model.head.parameters()]
+        groups = [
+            {"params": head_params, "weight_decay": cfg.model.head_weight_decay},
+        ]
+        if not self.features_input:
+            groups.append(
+                {"params": list(self.model.backbone.parameters()), "weight_decay": cfg.weight_decay}
+            )
+        opt = torch.optim.AdamW(groups, lr=self.lr)
+        if cfg.schedule == "constant":
+            return opt
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        if cfg.schedule == "onecycle":
+            sched = torch.optim.lr_scheduler.OneCycleLR(
+                opt, max_lr=self.lr, total_steps=total, pct_start=0.25
+            )
+        else:
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
