@@ -181,8 +181,8 @@ def evaluate(
     Returns:
         The metrics dict that was written (schema in docs/evaluation.md).
     """
+    ds = _open_split(dataset_dir, split)  # cheap checks first: a typo fails before torch loads
     run, tagger = _tagger(run_dir, backend)
-    ds = _open_split(dataset_dir, split)
     out = run_split(tagger, ds, batch_size=batch_size, progress=progress)
     spec = tagger.spec
     result: dict[str, Any] = {
@@ -242,15 +242,14 @@ def calibrate(
         raise EvaluationError(
             f"--target-precision must be in (0, 1], not {target_precision}; e.g. 0.9"
         )
+    ds = _open_split(dataset_dir, split)
     run, tagger = _tagger(run_dir, backend)
     names: Sequence[str] = tagger.spec.attribute_names
     if not names:
         raise EvaluationError(
             f"the model in {run.path} predicts no attributes: nothing to calibrate"
         )
-    out = run_split(
-        tagger, _open_split(dataset_dir, split), batch_size=batch_size, progress=progress
-    )
+    out = run_split(tagger, ds, batch_size=batch_size, progress=progress)
     before = np.asarray(tagger.spec.thresholds, dtype=np.float64)
     rows = []
     for j, name in enumerate(names):

@@ -1,0 +1,165 @@
+"""evaluate and calibrate on a small trained run, checked against an independent recomputation
+from `Tagger.predict` output and the dataset labels (scikit-learn for the arithmetic)."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from run_fixtures import make_tiny_run
+from sklearn import metrics as skm
+from typer.testing import CliRunner
+
+from fashion_tagger.cli import app
+from fashion_tagger.dataset.core import Dataset
+from fashion_tagger.evaluation import calibrate, evaluate
+from fashion_tagger.evaluation.evaluate import EvaluationError
+from fashion_tagger.inference.tagger import Tagger
+from fashion_tagger.rundir import RunDir
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """One trained run for the whole module (training is the slow part)."""
+    return make_tiny_run(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny, tmp_path_factory):
+    """`fashion-tagger evaluate --json FILE` on the test split, as a user runs it."""
+    run_dir, data_dir = tiny
+    out = tmp_path_factory.mktemp("eval")
+    result = CliRunner().invoke(
+        app,
+        [
+            "evaluate", str(run_dir), str(data_dir), "--split", "test",
+            "--json", str(out / "m.json"), "--batch-size", "16", "--no-progress",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "shape" in result.output and "wrote" in result.output
+    return json.loads((out / "m.json").read_text())
+
+
+def test_evaluate_matches_predict(tiny, evaluated):
+    run_dir, data_dir = tiny
+    m = evaluated
+    test = Dataset.open(data_dir).split("test")
+    preds = Tagger.load(run_dir, backend="torch").predict(
+        [test.image_path(i) for i in range(len(test))], batch_size=7
+    )
+    assert all(p.error is None for p in preds)
+    true = test.labels
+    pred = [p.labels for p in preds]
+    assert m["dataset"]["n_images"] == len(test) and m["dataset"]["split"] == "test"
+
+    for lvl, block in enumerate(m["levels"]):
+        rows = [i for i, t in enumerate(true) if len(t) > lvl]
+        t = [" > ".join(true[i][: lvl + 1]) for i in rows]
+        p = [" > ".join(pred[i][: lvl + 1]) if len(pred[i]) > lvl else "(none)" for i in rows]
+        assert block["n"] == len(rows)
+        assert block["accuracy"] == pytest.approx(skm.accuracy_score(t, p))
+        kw = {"average": "weighted", "zero_division": 0}
+        assert block["OP"] == pytest.approx(skm.precision_score(t, p, **kw))
+        assert block["OR"] == pytest.approx(skm.recall_score(t, p, **kw))
+        assert block["OF1"] == pytest.approx(skm.f1_score(t, p, **kw))
+        # per-class support and the confusion matrix agree with the labels
+        support = {c["name"]: c["support"] for c in block["per_class"]}
+        for name in set(t):
+            assert support[name] == t.count(name)
+        assert np.asarray(block["confusion"]["matrix"]).sum() == sum(x != "(none)" for x in p)
+
+    # the model is clearly better than chance (5 leaves): the numbers are not all zero
+    assert m["levels"][-1]["accuracy"] > 0.5
+    exact = np.mean([tuple(a) == tuple(b) for a, b in zip(true, pred, strict=True)])
+    assert m["hierarchy"]["exact_path_accuracy"] == pytest.approx(exact)
+    assert m["hierarchy"]["valid_path_rate"]["consistent"] == 1.0
+    errors = m["hierarchy"]["errors"]
+    assert errors["correct"] == round(exact * len(true))
+    right_parent = sum(
+        a != b and len(a) >= 2 and list(a[:-1]) == list(b[: len(a) - 1])
+        for a, b in zip(true, pred, strict=True)
+    )
+    assert errors["right_parent_wrong_leaf"] == right_parent
+    # hierarchical precision by hand: shared prefix over predicted path lengths
+    common = sum(
+        next((k for k, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+        for a, b in zip(true, pred, strict=True)
+    )
+    assert m["hierarchy"]["consistent"]["hP"] == pytest.approx(common / sum(map(len, pred)))
+
+    # attributes at the model's thresholds: exactly what predict reports
+    names = m["attributes"]["names"]
+    y = np.array(
+        [[n in set(a) for n in names] for a in test.table.column("attributes").to_pylist()]
+    )
+    yhat = np.array([[n in {x["name"] for x in p.attributes} for n in names] for p in preds])
+    kw = {"average": "micro", "zero_division": 0}
+    got = m["attributes"]["at_thresholds"]
+    assert got["OP"] == pytest.approx(skm.precision_score(y, yhat, **kw))
+    assert got["OR"] == pytest.approx(skm.recall_score(y, yhat, **kw))
+    assert got["OF1"] == pytest.approx(skm.f1_score(y, yhat, **kw))
+    assert m["attributes"]["at_k"]["n_images_without_labels"] == int((~y.any(1)).sum())
+    assert 0 < m["attributes"]["mAP"] <= 1
+
+    # the top losses are real rows of the split, worst first
+    losses = [t["loss"] for t in m["top_losses"]]
+    assert losses == sorted(losses, reverse=True)
+    assert {t["image"] for t in m["top_losses"]} <= set(test.table.column("image").to_pylist())
+
+
+def test_evaluate_writes_defaults_and_the_report(tiny, evaluated):
+    run_dir, _ = tiny
+    # the CLI run wrote its JSON elsewhere but the report to the run dir by default
+    html = (run_dir / "report.html").read_text()
+    for sid in ("summary", "confusion", "top-losses", "per-class", "curves", "attributes"):
+        assert f'<section id="{sid}">' in html
+    assert "This run has no training curves" not in html  # the tiny run has curves
+    assert f"{100 * evaluated['levels'][0]['accuracy']:.1f}" in html
+
+
+def test_calibrate_stores_max_f1_thresholds(tiny, tmp_path):
+    run_dir, data_dir = tiny
+    r = calibrate(run_dir, data_dir, "val", progress=False)
+    run = RunDir.open(run_dir)  # still valid: weights untouched, model.json readable
+    assert run.spec.thresholds == [a["threshold"] for a in r["attributes"]]
+    assert run.config["attributes"]["calibration"]["split"] == "val"
+    assert Tagger.load(run_dir, backend="torch").spec.thresholds == run.spec.thresholds
+    assert r["OF1"]["after"] >= r["OF1"]["before"] - 1e-12
+
+    # brute force: no candidate threshold beats the stored one's F1 on val
+    from fashion_tagger.inference.preprocess import load_for_model
+
+    val = Dataset.open(data_dir).split("val")
+    tagger = Tagger.load(run_dir, backend="torch")
+    x = np.stack([load_for_model(val.image_path(i), tagger.spec) for i in range(len(val))])
+    scores = tagger.predict_arrays(x).attributes
+    attrs = val.table.column("attributes").to_pylist()
+    for j, a in enumerate(r["attributes"]):
+        y = np.array([a["name"] in set(row) for row in attrs])
+        best = max(skm.f1_score(y, scores[:, j] >= t, zero_division=0) for t in scores[:, j])
+        assert a["f1"] == pytest.approx(best, abs=1e-6)
+        assert a["f1"] == pytest.approx(
+            skm.f1_score(y, scores[:, j] >= a["threshold"], zero_division=0), abs=1e-6
+        )
+
+    # a target precision: every threshold reaches it, or says why not
+    r = calibrate(run_dir, data_dir, "val", target_precision=0.95, progress=False)
+    for a in r["attributes"]:
+        assert a["precision"] >= 0.95 or "unreachable" in a["note"]
+
+
+def test_user_errors_are_one_line(tiny):
+    run_dir, data_dir = tiny
+    with pytest.raises(EvaluationError, match="--split"):
+        evaluate(run_dir, data_dir, "nope", progress=False)
+    with pytest.raises(EvaluationError, match="target-precision"):
+        calibrate(run_dir, data_dir, target_precision=1.5)
+    out = subprocess.run(
+        [sys.executable, "-m", "fashion_tagger", "evaluate", str(run_dir), str(data_dir / "x")],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "does not exist" in out.stderr
