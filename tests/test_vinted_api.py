@@ -20,19 +20,31 @@ TREE = [
                 "id": 4,
                 "title": "Clothes",
                 "catalogs": [
-                    {"id": 1037, "title": "Coats & jackets", "catalogs": [
-                        {"id": 2525, "title": "Parkas", "catalogs": [], "item_count": 7}
-                    ]},
+                    {
+                        "id": 1037,
+                        "title": "Coats & jackets",
+                        "catalogs": [
+                            {"id": 2525, "title": "Parkas", "catalogs": [], "item_count": 7}
+                        ],
+                    },
                     {"id": 10, "title": "Dresses", "catalogs": []},
                 ],
             },
             {"id": 146, "title": "Beauty", "catalogs": [{"id": 960, "title": "Make-up"}]},
         ],
     },
-    {"id": 5, "title": "Men", "code": "MEN_ROOT", "catalogs": [
-        {"id": 2050, "title": "Clothes", "catalogs": [{"id": 257, "title": "Jeans"}]}
-    ]},
-    {"id": 1918, "title": "Home", "code": "HOME_ROOT", "catalogs": [{"id": 1919, "title": "Textiles"}]},
+    {
+        "id": 5,
+        "title": "Men",
+        "code": "MEN_ROOT",
+        "catalogs": [{"id": 2050, "title": "Clothes", "catalogs": [{"id": 257, "title": "Jeans"}]}],
+    },
+    {
+        "id": 1918,
+        "title": "Home",
+        "code": "HOME_ROOT",
+        "catalogs": [{"id": 1919, "title": "Textiles"}],
+    },
     {"title": "no id, dropped"},
 ]
 
@@ -76,29 +88,75 @@ def test_tree_from_initializers():
 
 def test_listing_price_shapes_and_missing_fields():
     old = api.parse_listing(
-        {"id": 7, "title": "Coat", "price": "15.0", "currency": "EUR", "brand_title": "Zara",
-         "size_title": "M", "status": "Very good", "url": "https://x/items/7",
-         "photo": {"url": "https://img/1.jpeg?s=abc", "full_size_url": "https://img/f.jpeg?s=def"}}
+        {
+            "id": 7,
+            "title": "Coat",
+            "price": "15.0",
+            "currency": "EUR",
+            "brand_title": "Zara",
+            "size_title": "M",
+            "status": "Very good",
+            "url": "https://x/items/7",
+            "photo": {
+                "url": "https://img/1.jpeg?s=abc",
+                "full_size_url": "https://img/f.jpeg?s=def",
+            },
+        }
     )
     assert (old.id, old.price, old.currency, old.brand, old.size, old.condition) == (
-        "7", "15.0", "EUR", "Zara", "M", "Very good"
+        "7",
+        "15.0",
+        "EUR",
+        "Zara",
+        "M",
+        "Very good",
     )
     assert old.photos == ["https://img/f.jpeg?s=def"]  # largest, signature kept
-    new = api.parse_listing({"id": "8", "price": {"amount": "9.5", "currency_code": "GBP"},
-                             "brand": {"title": "Nike"}, "size": {"title": "42"}, "photo": None})
-    assert (new.price, new.currency, new.brand, new.size, new.photos) == ("9.5", "GBP", "Nike", "42", [])
+    new = api.parse_listing(
+        {
+            "id": "8",
+            "price": {"amount": "9.5", "currency_code": "GBP"},
+            "brand": {"title": "Nike"},
+            "size": {"title": "42"},
+            "photo": None,
+        }
+    )
+    assert (new.price, new.currency, new.brand, new.size, new.photos) == (
+        "9.5",
+        "GBP",
+        "Nike",
+        "42",
+        [],
+    )
     bare = api.parse_listing({"id": 9})
     assert bare.title == "" and bare.price is None and bare.photos == []
     assert api.parse_listing({"title": "no id"}) is None
     assert api.parse_listing("junk") is None
-    thumbs = {"id": 1, "photo": {"thumbnails": [
-        {"url": "small", "width": 70, "height": 100}, {"url": "big", "width": 310, "height": 430}]}}
+    thumbs = {
+        "id": 1,
+        "photo": {
+            "thumbnails": [
+                {"url": "small", "width": 70, "height": 100},
+                {"url": "big", "width": 310, "height": 430},
+            ]
+        },
+    }
     assert api.parse_listing(thumbs).photos == ["big"]
 
 
 def test_detail_photos_main_first_without_repeats():
-    detail = api.parse_detail({"item": {"id": 3, "photos": [
-        {"url": "b", "is_main": False}, {"url": "a", "is_main": True}, {"url": "b"}]}})
+    detail = api.parse_detail(
+        {
+            "item": {
+                "id": 3,
+                "photos": [
+                    {"url": "b", "is_main": False},
+                    {"url": "a", "is_main": True},
+                    {"url": "b"},
+                ],
+            }
+        }
+    )
     assert detail.photos == ["a", "b"]
 
 
@@ -126,7 +184,7 @@ def test_leaves_drop_non_fashion_and_keep_paths():
     everything = categories.leaves(roots, exclude=())
     assert ("Home", "Textiles") in [leaf.path for leaf in everything]
     assert ("Women", "Beauty", "Make-up") in [leaf.path for leaf in everything]
-    fewer = categories.leaves(roots, categories.DEFAULT_EXCLUDE + ("Dresses",))
+    fewer = categories.leaves(roots, (*categories.DEFAULT_EXCLUDE, "Dresses"))
     assert len(fewer) == 2
 
 

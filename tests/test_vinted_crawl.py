@@ -7,12 +7,12 @@ from collections import Counter
 
 import pytest
 from typer.testing import CliRunner
+from vinted_fixtures import expected, fast
 
 from fashion_tagger.cli import app
 from fashion_tagger.dataset.core import Dataset
 from fashion_tagger.sources.vinted import crawl_status, crawl_vinted
 from fashion_tagger.sources.vinted.fake_server import FakeVinted
-from vinted_fixtures import expected, fast
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +114,17 @@ def test_cli_crawl_status_and_list(tmp_path):
         assert listed.exit_code == 0, listed.output
         assert "Sneakers [20000] (3 items)" in listed.output and "(excluded)" in listed.output
         res = runner.invoke(
-            app, [*base, "--out", str(tmp_path), "--per-category", "2", "--categories", "Women,5",
-                  "--json"]
+            app,
+            [
+                *base,
+                "--out",
+                str(tmp_path),
+                "--per-category",
+                "2",
+                "--categories",
+                "Women,5",
+                "--json",
+            ],
         )
         assert res.exit_code == 0, res.output
         summary = json.loads(res.output)

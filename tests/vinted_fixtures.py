@@ -51,6 +51,8 @@ def done_photos(out: Path) -> set[str]:
 def done_pages(out: Path) -> set[tuple[int, int]]:
     db = sqlite3.connect(out / "crawl.db")
     try:
-        return {tuple(r) for r in db.execute("SELECT category_id, page FROM pages WHERE status='done'")}
+        return {
+            tuple(r) for r in db.execute("SELECT category_id, page FROM pages WHERE status='done'")
+        }
     finally:
         db.close()

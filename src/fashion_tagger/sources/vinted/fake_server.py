@@ -41,10 +41,11 @@ from PIL import Image, ImageDraw
 
 @dataclass
 class Faults:
-    """Faults served at a fixed rate: `x_every=k` hits every k-th API or photo request.
+    """Faults served at a fixed rate: `x_every=k` hits every k-th request.
 
-    Requests are numbered together (home page and control endpoints excluded), so a given
-    setting always hits the same requests of a sequential crawl.
+    API and photo requests are numbered together for the faults of both (429, 5xx, slow), and
+    API requests alone for the API-only ones; the home page and control endpoints are not
+    numbered. A given setting always hits the same requests of a sequential crawl.
     """
 
     rate_limit_every: int = 0
@@ -169,6 +170,7 @@ class FakeVinted:
         self.port = port
         self.hits: Counter[str] = Counter()
         self.n = 0
+        self.n_api = 0
         self.walled = 0
         self.tokens: dict[str, float] = {}
         self.lock = threading.Lock()
@@ -376,6 +378,7 @@ def _handler(fake: FakeVinted) -> type[BaseHTTPRequestHandler]:
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # else each answer waits ~40 ms for a delayed ACK
 
         def log_message(self, *args: Any) -> None:  # quiet
             pass
@@ -419,7 +422,9 @@ def _handler(fake: FakeVinted) -> type[BaseHTTPRequestHandler]:
                 is_home = path == "/"
                 if not is_home:
                     fake.n += 1
-                n = fake.n
+                if path.startswith("/api/"):
+                    fake.n_api += 1
+                n, n_api = fake.n, fake.n_api
                 wall = bool(
                     f.bot_wall_after
                     and total > f.bot_wall_after
@@ -456,6 +461,7 @@ def _handler(fake: FakeVinted) -> type[BaseHTTPRequestHandler]:
             if hit(f.server_error_every):
                 return self.json(503, {"code": 503})
             if is_api:
+                n = n_api  # API-only faults count API requests
                 if hit(f.expire_cookie_every) or hit(f.auth_403_every):
                     with fake.lock:
                         fake.tokens.clear()
