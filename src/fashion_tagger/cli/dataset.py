@@ -86,7 +86,7 @@ def split_cmd(
             f"assigned {result.assigned_images:,} unsplit images ({result.assigned_items:,} items); "
             f"{result.kept_images:,} images kept their split (--force re-splits them)"
         )
-    console.print(_counts_table(result.counts, f"{ds.name}: splits"))
+    console.print(_counts_table(result.counts, "splits"))
 
 
 @dataset_app.command("dedup")
@@ -104,6 +104,8 @@ def dedup_cmd(
 
     For a pair in two splits the row in the smaller split is dropped; exact copies within one item
     keep one row. Image files stay in the store. Perceptual hashes are cached in phash.parquet.
+    The perceptual hash ignores colour, so colour variants of one product shot match even at
+    --near 0: review with --dry-run --json before removing.
 
     Example: fashion-tagger dataset dedup data/products --near 4 --dry-run --json
     """
