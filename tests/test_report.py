@@ -181,3 +181,15 @@ def test_report_without_attributes_or_curves(tmp_path):
     assert "no image" in html
     for sid in SECTION_IDS:
         assert f'<section id="{sid}">' in html
+
+
+def test_short_labels_stay_unambiguous():
+    assert report._axis_names(["round > red", "square > red", "round > blue"]) == [
+        "round > red",
+        "square > red",
+        "blue",
+    ]
+    assert report._axis_names(["a > " + "x" * 40])[0] == "x" * 25 + "…"
+    name = report._file_name("images/4c/" + "0123456789abcdef" * 4 + ".png")
+    assert len(name) == 36 and name.startswith("0123456789abcde") and name.endswith("cdef.png")
+    assert report._file_name("dir/shirt.jpg") == "shirt.jpg"

@@ -166,9 +166,24 @@ def _img(uri: str, alt: str) -> str:
     return f'<img class="plot" src="{uri}" alt="{_e(alt)}">'
 
 
-def _short(label: str) -> str:
-    """The last name of a path label, for axes where the full path does not fit."""
-    return label.rsplit(" > ", 1)[-1]
+def _axis_names(labels: Sequence[str], width: int = 26) -> list[str]:
+    """Short axis labels: the last name of each path, or `parent > name` where that repeats
+    (two parents may each have a "red" child), cut to `width` characters."""
+    last = [lab.rsplit(" > ", 1)[-1] for lab in labels]
+    names = [
+        " > ".join(lab.split(" > ")[-2:]) if last.count(n) > 1 else n
+        for lab, n in zip(labels, last, strict=True)
+    ]
+    return [n if len(n) <= width else n[: width - 1] + "…" for n in names]
+
+
+def _file_name(image: str, width: int = 36) -> str:
+    name = Path(image).name
+    if len(name) <= width:
+        return name
+    stem, dot, ext = name.rpartition(".")
+    keep = width - len(ext) - 2
+    return f"{stem[: keep // 2]}…{stem[-(keep - keep // 2) :]}{dot}{ext}"
 
 
 # -- sections -------------------------------------------------------------------------------------
@@ -230,14 +245,14 @@ def _confusion_plot(block: dict[str, Any]) -> str | None:
         return None
     support = cm.sum(axis=1)
     keep = np.argsort(-support, kind="stable")[: min(MAX_CONFUSION_CLASSES, len(labels))]
-    keep = keep[support[keep] > 0]
+    keep = np.sort(keep[support[keep] > 0])  # tree order: siblings sit together
     sub = cm[np.ix_(keep, keep)]
     norm = sub / np.maximum(sub.sum(axis=1, keepdims=True), 1)
     n = len(keep)
     size = max(3.6, 0.42 * n + 1.8)
     fig, ax = plt.subplots(figsize=(size + 1.0, size))
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    names = [_short(labels[i])[:22] for i in keep]
+    names = _axis_names([labels[i] for i in keep])
     ax.set_xticks(range(n), names, rotation=55, ha="right", fontsize=8)
     ax.set_yticks(range(n), names, fontsize=8)
     ax.set_xlabel("predicted")
@@ -331,7 +346,7 @@ def _top_losses(m: dict[str, Any], dataset_root: Path | None) -> str:
         )
         figs.append(
             f'<figure><div class="thumb">{thumb}</div><figcaption>'
-            f'<div class="file">{_e(Path(it["image"]).name)}</div>'
+            f'<div class="file" title="{_e(it["image"])}">{_e(_file_name(it["image"]))}</div>'
             f"<div><b>true</b> {_e(' > '.join(it['true']))}</div>"
             f"<div><b>predicted</b> {pred}</div>"
             f"<div>loss {it['loss']:.2f} · {mark}</div></figcaption></figure>"
