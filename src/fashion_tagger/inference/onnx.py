@@ -1,0 +1,385 @@
+"""ONNX: export a run dir's model to one graph, check it against PyTorch, and run it.
+
+The graph computes `probabilities` (backbone and heads): input `image` (N, C, H, W) float32 with
+a dynamic batch axis, outputs `level_<i>` (softmax per level) and `attributes` (sigmoid). The
+preprocessing parameters, the taxonomy, the attribute names and thresholds and the model id ride
+along in the ONNX `metadata_props`, so the file is usable without its run dir. `OnnxBackend` is
+the backend of the `Tagger` contract: numpy in, numpy out, no torch needed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fashion_tagger._io import atomic_path
+from fashion_tagger.errors import FashionTaggerError, RunDirError, require
+
+DEFAULT_OPSET = 17
+PARITY_ATOL = 1e-4
+"""Largest allowed difference between PyTorch and ONNX Runtime probabilities."""
+INPUT_NAME = "image"
+METADATA_VERSION = "1"
+
+
+class ParityError(FashionTaggerError):
+    """The exported graph does not compute what the PyTorch model computes."""
+
+    def __init__(self, report: ParityReport) -> None:
+        super().__init__(
+            f"ONNX and PyTorch disagree: max abs difference {report.max_abs_diff:.3g} "
+            f"(allowed {report.atol:g}), {report.path_mismatches} of {report.images} images "
+            "with another predicted path; the ONNX file was not written. Try another --opset, "
+            "or report the backbone as not exportable"
+        )
+        self.report = report
+
+
+@dataclass
+class ParityReport:
+    """How the ONNX graph compares with PyTorch on the same inputs."""
+
+    max_abs_diff: float
+    random_inputs: int
+    real_images: int
+    path_mismatches: int
+    atol: float
+    image_source: str | None = None
+
+    @property
+    def images(self) -> int:
+        return self.random_inputs + self.real_images
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs_diff <= self.atol and self.path_mismatches == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "images": self.images, "ok": self.ok}
+
+
+@dataclass
+class ExportResult:
+    """What `export_onnx` wrote and how well it matches PyTorch."""
+
+    path: Path
+    opset: int
+    model_id: str
+    size_bytes: int
+    parity: ParityReport
+    outputs: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "opset": self.opset,
+            "model_id": self.model_id,
+            "size_bytes": self.size_bytes,
+            "outputs": self.outputs,
+            "parity": self.parity.to_dict(),
+        }
+
+
+# -- metadata ---------------------------------------------------------------------------------
+def spec_metadata(spec: Any) -> dict[str, str]:
+    """The ONNX `metadata_props` of a `ModelSpec`: JSON text per key."""
+    return {
+        "fashion_tagger.format_version": METADATA_VERSION,
+        "model_id": str(spec.model_id),
+        "input": json.dumps(
+            {
+                "size": list(spec.input_size),
+                "channels": int(spec.channels),
+                "mean": list(spec.mean),
+                "std": list(spec.std),
+                "resize": spec.resize,
+            }
+        ),
+        "taxonomy": json.dumps(spec.taxonomy.to_dict(), ensure_ascii=False),
+        "attributes": json.dumps(
+            {
+                "names": list(spec.attribute_names),
+                "thresholds": [float(t) for t in spec.thresholds],
+                "default_threshold": float(getattr(spec, "default_threshold", 0.75)),
+            },
+            ensure_ascii=False,
+        ),
+        "backbone": json.dumps(dict(spec.backbone)),
+        "head": json.dumps(dict(spec.head)),
+    }
+
+
+def parse_metadata(props: dict[str, str]) -> dict[str, Any]:
+    """`metadata_props` back to values (JSON-decoded where they are JSON)."""
+    out: dict[str, Any] = {}
+    for k, v in props.items():
+        try:
+            out[k] = json.loads(v) if k not in ("model_id", "fashion_tagger.format_version") else v
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The fashion-tagger metadata of an exported ONNX file (without loading its weights)."""
+    onnx = require("onnx", "onnx")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise FashionTaggerError(f"{path} is not a readable ONNX file: {exc}") from exc
+    return parse_metadata({p.key: p.value for p in model.metadata_props})
+
+
+# -- export -----------------------------------------------------------------------------------
+def _wrapper(module: Any) -> Any:
+    import torch
+
+    class Probabilities(torch.nn.Module):
+        """What the graph computes: the model's `probabilities`, nothing else."""
+
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return tuple(self.inner.probabilities(x))
+
+    return Probabilities(module).eval()
+
+
+def export_module(module: Any, spec: Any, out: str | Path, opset: int = DEFAULT_OPSET) -> Path:
+    """Write `module.probabilities` as an ONNX graph with the spec in its metadata (atomically).
+
+    Uses the TorchScript exporter: it needs no extra package (the dynamo exporter needs
+    onnxscript) and handles every timm backbone we ship.
+    """
+    import torch
+
+    onnx = require("onnx", "onnx")
+    depth = spec.taxonomy.depth
+    outputs = [f"level_{i}" for i in range(depth)] + ["attributes"]
+    h, w = spec.input_size
+    dummy = torch.zeros(2, spec.channels, h, w)
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _wrapper(module.eval()),
+            (dummy,),
+            buf,
+            dynamo=False,
+            input_names=[INPUT_NAME],
+            output_names=outputs,
+            dynamic_axes={name: {0: "batch"} for name in [INPUT_NAME, *outputs]},
+            opset_version=opset,
+            do_constant_folding=True,
+        )
+    model = onnx.load_from_string(buf.getvalue())
+    for k, v in spec_metadata(spec).items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = k, v
+    model.producer_name = "fashion-tagger"
+    onnx.checker.check_model(model)
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(model.SerializeToString())
+    return out
+
+
+def _best_paths(taxonomy: Any, levels: Sequence[np.ndarray]) -> list[tuple[int, ...]]:
+    logs = [np.log(np.maximum(lv.astype(np.float64), 1e-12)) for lv in levels]
+    return [tuple(taxonomy.best_path([lg[i] for lg in logs])[0]) for i in range(len(levels[0]))]
+
+
+def check_parity(
+    module: Any,
+    spec: Any,
+    onnx_path: str | Path,
+    images: np.ndarray | None = None,
+    *,
+    random_inputs: int = 8,
+    atol: float = PARITY_ATOL,
+    batch_size: int = 32,
+    seed: int = 0,
+) -> ParityReport:
+    """Run PyTorch and ONNX Runtime on the same random inputs and real images; compare.
+
+    Args:
+        images: preprocessed real images (N, C, H, W), or None for random inputs only.
+    """
+    import torch
+
+    h, w = spec.input_size
+    rng = np.random.default_rng(seed)
+    batches = []
+    if random_inputs:
+        batches.append(rng.standard_normal((random_inputs, spec.channels, h, w)).astype(np.float32))
+    n_real = 0 if images is None else len(images)
+    for start in range(0, n_real, batch_size):
+        batches.append(np.ascontiguousarray(images[start : start + batch_size], dtype=np.float32))
+    backend = OnnxBackend(onnx_path)
+    wrapped = _wrapper(module.eval())
+    worst, mismatches = 0.0, 0
+    for x in batches:
+        with torch.inference_mode():
+            ref = [t.float().numpy() for t in wrapped(torch.from_numpy(x))]
+        got = backend(x)
+        for a, b in zip(ref, got, strict=True):
+            if a.size:
+                worst = max(worst, float(np.max(np.abs(a - b))))
+        depth = spec.taxonomy.depth
+        mismatches += sum(
+            p != q
+            for p, q in zip(
+                _best_paths(spec.taxonomy, ref[:depth]),
+                _best_paths(spec.taxonomy, got[:depth]),
+                strict=True,
+            )
+        )
+    return ParityReport(worst, random_inputs, n_real, mismatches, atol)
+
+
+def _image_files(path: Path, limit: int) -> list[Path]:
+    from fashion_tagger.dataset.images import EXTENSIONS
+
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FashionTaggerError(f"--images {path} does not exist; give an image file or a folder")
+    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())
+    return files[:limit]
+
+
+def _dataset_images(run: Any, limit: int) -> tuple[list[Path], str | None]:
+    """Up to `limit` images of the run's dataset (test split first) when its dir is known."""
+    from fashion_tagger.dataset.core import Dataset
+
+    name = (run.config.get("data") or {}).get("dataset")
+    if not name:
+        return [], None
+    candidates = [Path(name)] if Path(name).is_absolute() else [Path(name), run.path / name]
+    root = next((c for c in candidates if (c / "items.parquet").is_file()), None)
+    if root is None:
+        return [], None
+    ds = Dataset.open(root)
+    splits = ds.table.column("split").to_pylist()
+    order = sorted(range(len(ds)), key=lambda i: (splits[i] != "test", i))
+    files = [ds.image_path(i) for i in order[: limit * 2]]
+    return [f for f in files if f.is_file()][:limit], str(root)
+
+
+def export_onnx(
+    run_dir: str | Path,
+    out: str | Path | None = None,
+    *,
+    opset: int = DEFAULT_OPSET,
+    images: str | Path | None = None,
+    max_images: int = 64,
+    atol: float = PARITY_ATOL,
+) -> ExportResult:
+    """Export a run dir's model to ONNX (default `RUN_DIR/model.onnx`) and prove it matches.
+
+    Parity is checked on random inputs and on real images: `images` (a file or folder) when
+    given, else the run's dataset when model.json's `data.dataset` still exists. The file only
+    replaces `out` when parity holds.
+
+    Raises:
+        ParityError: probabilities differ by more than `atol`, or a predicted path differs.
+    """
+    from fashion_tagger.inference.preprocess import load_for_model
+    from fashion_tagger.rundir import RunDir
+    from fashion_tagger.training.model import load_model
+
+    run = RunDir.open(run_dir)
+    module, spec = load_model(run)
+    out = Path(out) if out is not None else run.path / "model.onnx"
+    if opset < 11:
+        raise FashionTaggerError(
+            f"--opset {opset} is too old; use 11 or newer (default {DEFAULT_OPSET})"
+        )
+    if images is not None:
+        files, source = _image_files(Path(images), max_images), str(images)
+    else:
+        files, source = _dataset_images(run, max_images)
+    arrays = np.stack([load_for_model(f, spec) for f in files]) if files else None
+    with atomic_path(out) as tmp:
+        try:
+            export_module(module, spec, tmp, opset)
+        except FashionTaggerError:
+            raise
+        except Exception as exc:
+            raise RunDirError(
+                f"cannot export {run.path} to ONNX opset {opset}: {str(exc)[:300]}"
+            ) from exc
+        report = check_parity(module, spec, tmp, arrays, atol=atol)
+        report.image_source = source
+        if not report.ok:
+            raise ParityError(report)
+    outputs = [f"level_{i}" for i in range(spec.taxonomy.depth)] + ["attributes"]
+    return ExportResult(out, opset, spec.model_id, out.stat().st_size, report, outputs)
+
+
+# -- runtime ----------------------------------------------------------------------------------
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+class OnnxBackend:
+    """ONNX Runtime on CPU as a `Tagger` backend: `(N, C, H, W) float32 -> [level_0, ..., attributes]`.
+
+    Graph optimisations are on and intra-op threads default to the cores this process may use.
+    `run` is thread-safe, so the service's batcher may call it from a worker thread.
+    """
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        ort = require("onnxruntime", "onnx")
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise RunDirError(f"{self.path} does not exist; create it with `fashion-tagger export`")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads or _cores()
+        options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(
+                str(self.path), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise RunDirError(
+                f"{self.path} is not a usable ONNX model ({str(exc)[:200]}); re-run `fashion-tagger export`"
+            ) from exc
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.metadata = parse_metadata(self.session.get_modelmeta().custom_metadata_map)
+        self.model_id = str(self.metadata.get("model_id", ""))
+        _check_same_model(self.path, self.model_id)
+
+    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        return list(self.session.run(self.output_names, {INPUT_NAME: x}))
+
+
+def _check_same_model(path: Path, model_id: str) -> None:
+    """Refuse a model.onnx left over from another training run in the same dir."""
+    model_json = path.parent / "model.json"
+    if path.name != "model.onnx" or not model_json.is_file():
+        return
+    try:
+        expected = json.loads(model_json.read_text()).get("model_id")
+    except (OSError, ValueError, AttributeError):
+        return
+    if expected and model_id and expected != model_id:
+        raise RunDirError(
+            f"{path} was exported from model {model_id}, but the run dir now holds {expected}; "
+            f"re-run `fashion-tagger export {path.parent} --format onnx`"
+        )

@@ -1,0 +1,211 @@
+"""ONNX export and runtime: one graph with its metadata, parity with PyTorch, same paths."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from run_fixtures import make_synthetic_dataset
+from typer.testing import CliRunner
+
+import fashion_tagger.inference.onnx as fonnx
+from fashion_tagger.cli import app
+from fashion_tagger.dataset.core import Dataset
+from fashion_tagger.errors import RunDirError
+from fashion_tagger.inference.onnx import OnnxBackend, check_parity, export_onnx, read_metadata
+from fashion_tagger.inference.tagger import Tagger
+from fashion_tagger.rundir import ModelSpec, save_model
+from fashion_tagger.training.model import build_model
+
+
+def make_run(
+    root: Path,
+    dataset: Path,
+    *,
+    head: str = "unified",
+    attributes: bool = True,
+    backbone: str = "simple-cnn",
+    size: int = 32,
+    seed: int = 0,
+) -> Path:
+    """A run dir written with the real `save_model`, random weights (training is not the point)."""
+    ds = Dataset.open(dataset)
+    spec = ModelSpec(
+        model_id="",
+        backbone={"name": backbone, "pretrained": False, "in_chans": 3},
+        head={"kind": head, "hidden": 32, "dropout": 0.0},
+        input_size=(size, size),
+        channels=3,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+        resize="squash",
+        taxonomy=ds.taxonomy,
+        attribute_names=ds.attribute_names if attributes else [],
+    )
+    torch.manual_seed(seed)
+    module = build_model(spec)
+    with torch.no_grad():  # make the levels confident enough that paths are well defined
+        for p in module.parameters():
+            p.mul_(3.0)
+    return save_model(root, module.eval(), spec, {"data": {"dataset": str(dataset)}}).path
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return make_synthetic_dataset(tmp_path_factory.mktemp("ds") / "dataset", n=40, seed=1)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, dataset) -> Path:
+    return make_run(tmp_path_factory.mktemp("run") / "run", dataset)
+
+
+@pytest.fixture(scope="module")
+def exported(run) -> fonnx.ExportResult:
+    return export_onnx(run)
+
+
+def test_export_is_one_graph_with_metadata_and_a_dynamic_batch(run, dataset, exported):
+    import onnx
+
+    assert exported.path == run / "model.onnx" and exported.path.is_file()
+    assert exported.parity.ok and exported.parity.max_abs_diff <= 1e-4
+    assert exported.parity.real_images == 40 and exported.parity.image_source == str(dataset)
+    assert exported.parity.path_mismatches == 0
+    model = onnx.load(str(exported.path))
+    assert [i.name for i in model.graph.input] == ["image"]
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param == "batch" and [d.dim_value for d in dims[1:]] == [3, 32, 32]
+    assert [o.name for o in model.graph.output] == ["level_0", "level_1", "attributes"]
+    assert model.opset_import[0].version == 17
+    meta = read_metadata(exported.path)
+    config = json.loads((run / "model.json").read_text())
+    assert meta["model_id"] == config["model_id"] == exported.model_id
+    assert meta["taxonomy"] == config["taxonomy"]
+    assert meta["input"] == {
+        "size": [32, 32],
+        "channels": 3,
+        "mean": [0.5] * 3,
+        "std": [0.25] * 3,
+        "resize": "squash",
+    }
+    assert (
+        meta["attributes"]["names"]
+        == config["attributes"]["names"]
+        == ["pattern=striped", "size=big", "size=small"]
+    )
+    assert meta["attributes"]["thresholds"] == [0.75] * 3
+    assert meta["backbone"]["name"] == "simple-cnn" and meta["head"]["kind"] == "unified"
+    assert not list(run.glob(".model.onnx.*"))  # no temp file left behind
+
+
+def test_onnx_backend_gives_torch_probabilities_and_paths(run, dataset, exported):
+    files = [Dataset.open(dataset).image_path(i) for i in range(40)]
+    onnx_tagger, torch_tagger = Tagger.load(run, "onnx"), Tagger.load(run, "torch")
+    assert Tagger.load(run, "auto").backend_name == "onnx"
+    assert isinstance(onnx_tagger.backend, OnnxBackend)
+    a, b = onnx_tagger.predict(files, batch_size=7), torch_tagger.predict(files, batch_size=16)
+    assert [p.labels for p in a] == [p.labels for p in b]
+    assert len({tuple(p.labels) for p in a}) > 1  # not a constant model: the check means something
+    for p, q in zip(a, b, strict=True):
+        assert [s["score"] for s in p.path] == pytest.approx([s["score"] for s in q.path], abs=1e-4)
+        assert [x["name"] for x in p.attributes] == [x["name"] for x in q.attributes]
+    one = onnx_tagger.backend(np.zeros((1, 3, 32, 32), np.float32))
+    assert [o.shape for o in one] == [(1, 2), (1, 5), (1, 3)]
+    assert np.allclose(one[0].sum(1), 1.0, atol=1e-5) and np.allclose(one[1].sum(1), 1.0, atol=1e-5)
+
+
+def test_parity_check_catches_a_different_graph(run, dataset, exported):
+    other = build_model(Tagger.load(run, "torch").spec)  # same shape, other random weights
+    report = check_parity(other.eval(), Tagger.load(run, "torch").spec, exported.path)
+    assert not report.ok and report.max_abs_diff > 1e-3
+    assert report.random_inputs == 8 and report.images == 8
+
+
+def test_cli_export_json_with_images_folder_and_out(tmp_path, run, dataset):
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for i in range(3):
+        shutil.copy(Dataset.open(dataset).image_path(i), images / f"{i}.png")
+    out = tmp_path / "exported" / "m.onnx"
+    result = CliRunner().invoke(
+        app,
+        [
+            "export",
+            str(run),
+            "--format",
+            "onnx",
+            "--out",
+            str(out),
+            "--opset",
+            "18",
+            "--images",
+            str(images),
+            "--json",
+            "--no-progress",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.output)
+    assert body["ok"] is True and body["path"] == str(out) and out.is_file()
+    assert body["opset"] == 18 and body["parity"]["real_images"] == 3 and body["parity"]["ok"]
+    assert body["outputs"] == ["level_0", "level_1", "attributes"]
+
+
+def test_cli_parity_failure_exits_non_zero_with_the_numbers(tmp_path, run, dataset, monkeypatch):
+    real_export = fonnx.export_module
+
+    def export_other_weights(module, spec, out, opset=17):
+        return real_export(build_model(spec).eval(), spec, out, opset)
+
+    monkeypatch.setattr(fonnx, "export_module", export_other_weights)
+    out = tmp_path / "bad.onnx"
+    result = CliRunner().invoke(
+        app, ["export", str(run), "--out", str(out), "--json", "--no-progress"]
+    )
+    assert result.exit_code == 1, result.output
+    body = json.loads(result.output)
+    assert body["ok"] is False and body["parity"]["max_abs_diff"] > 1e-4
+    assert "max abs difference" in body["error"]
+    assert not out.exists() and not list(tmp_path.glob(".bad.onnx.*"))  # nothing half-written
+
+
+def test_cli_refuses_unknown_format_and_missing_run(tmp_path, run):
+    r = CliRunner().invoke(app, ["export", str(run), "--format", "tflite"])
+    assert r.exit_code == 2 and "--format" in r.output
+    from fashion_tagger.cli import main  # the real entry point turns errors into one line
+
+    with pytest.raises(SystemExit) as exc:
+        import sys
+
+        argv, sys.argv = sys.argv, ["fashion-tagger", "export", str(tmp_path / "nope")]
+        try:
+            main()
+        finally:
+            sys.argv = argv
+    assert exc.value.code == 2
+
+
+def test_a_stale_onnx_from_another_model_is_refused(tmp_path, dataset, exported):
+    other = make_run(tmp_path / "other", dataset, seed=5)
+    shutil.copy(exported.path, other / "model.onnx")
+    with pytest.raises(RunDirError, match="re-run `fashion-tagger export"):
+        OnnxBackend(other / "model.onnx")
+
+
+def test_models_without_attributes_and_other_heads_export(tmp_path, dataset):
+    run = make_run(tmp_path / "flat", dataset, head="flat", attributes=False)
+    result = export_onnx(run)
+    assert result.parity.ok
+    out = OnnxBackend(result.path)(np.zeros((4, 3, 32, 32), np.float32))
+    assert out[-1].shape == (4, 0)
+
+
+def test_a_timm_backbone_exports_with_parity(tmp_path, dataset):
+    run = make_run(tmp_path / "mnv3", dataset, backbone="mobilenetv3_small_050", size=64)
+    result = export_onnx(run, max_images=8)
+    assert result.parity.ok and result.parity.real_images == 8
