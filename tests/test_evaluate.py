@@ -144,8 +144,15 @@ def test_calibrate_stores_max_f1_thresholds(tiny, tmp_path):
             skm.f1_score(y, scores[:, j] >= a["threshold"], zero_division=0), abs=1e-6
         )
 
-    # a target precision: every threshold reaches it, or says why not
-    r = calibrate(run_dir, data_dir, "val", target_precision=0.95, progress=False)
+    # a target precision, from the CLI: every threshold reaches it, or says why not
+    result = CliRunner().invoke(
+        app,
+        ["calibrate", str(run_dir), str(data_dir), "--target-precision", "0.95", "--json"],
+    )
+    assert result.exit_code == 0, result.output
+    r = json.loads(result.stdout)
+    assert r["target_precision"] == 0.95
+    assert RunDir.open(run_dir).spec.thresholds == [a["threshold"] for a in r["attributes"]]
     for a in r["attributes"]:
         assert a["precision"] >= 0.95 or "unreachable" in a["note"]
 

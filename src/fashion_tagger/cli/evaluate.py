@@ -40,10 +40,8 @@ def evaluate_cmd(
     run_dir: Path = RUN,
     dataset_dir: Path = DATA,
     split: str = typer.Option("test", "--split", help="Which split to evaluate on."),
-    json_path: str = typer.Option(
-        None,
-        "--json",
-        help="Write the metrics here (default RUN_DIR/metrics.json); '-' prints them.",
+    json_path: Path = typer.Option(
+        None, "--json", help="Write the metrics here (default RUN_DIR/metrics.json)."
     ),
     report_path: Path = typer.Option(
         None, "--report", help="Write the HTML report here (default RUN_DIR/report.html)."
@@ -59,20 +57,16 @@ def evaluate_cmd(
     """
     from fashion_tagger.evaluation import evaluate
 
-    to_stdout = json_path == "-"
     m = evaluate(
         run_dir,
         dataset_dir,
         split,
         batch_size=batch_size,
-        json_path=None if to_stdout else json_path,
+        json_path=json_path,
         report_path=report_path,
         progress=progress,
         backend=backend,
     )
-    if to_stdout:
-        print_json(m)
-        return
     console.print(_summary(m))
     h, a = m["hierarchy"], m["attributes"]
     console.print(
