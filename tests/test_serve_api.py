@@ -61,7 +61,13 @@ def test_health_model_and_openapi():
 
     h, m, o = run(go())
     assert h.status_code == 200
-    assert h.json() == {"status": "ok", "model_id": "fake-000000000000", "backend": "fake"}
+    assert h.json() == {
+        "status": "ok",
+        "model_id": "fake-000000000000",
+        "backend": "fake",
+        "max_images": 16,
+        "max_body_mb": 20.0,
+    }
     info = m.json()
     assert info["taxonomy"]["levels"] == ["shape", "colour"]
     assert info["attributes"]["names"] == ["size=big", "size=small"]

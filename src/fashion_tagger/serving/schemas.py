@@ -71,6 +71,8 @@ class Health(BaseModel):
     status: str
     model_id: str
     backend: str
+    max_images: int = Field(..., description="Most images accepted per request.")
+    max_body_mb: float = Field(..., description="Largest request body in MiB.")
 
 
 class ErrorBody(BaseModel):

@@ -123,5 +123,13 @@ for (const ev of ["dragleave", "drop"]) {
 drop.addEventListener("drop", (e) => classify(e.dataTransfer.files));
 document.addEventListener("dragover", (e) => e.preventDefault());
 document.addEventListener("drop", (e) => { e.preventDefault(); if (e.target !== drop) classify(e.dataTransfer.files); });
-$("#max-images").textContent = maxImages;
+async function loadLimits() {
+  try {
+    const r = await fetch("/healthz");
+    if (r.ok) maxImages = (await r.json()).max_images || maxImages;
+  } catch (e) { /* keep the default */ }
+  $("#max-images").textContent = maxImages;
+}
+
+loadLimits();
 loadModel();
