@@ -133,3 +133,10 @@ def test_corrupt_png_data_is_caught():
     with pytest.raises(images.ImageError) as err:
         images.probe(bytes(data))
     assert err.value.reason == "corrupt"
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"])
+def test_sniffed_extension_matches_probe(fmt):
+    data = image_bytes(fmt)
+    assert images.sniff_ext(data) == images.probe(data).ext
+    assert images.sniff_ext(b"hello") is None

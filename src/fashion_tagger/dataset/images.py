@@ -50,6 +50,25 @@ class ImageInfo:
     height: int
 
 
+def sniff_ext(data: bytes) -> str | None:
+    """The stored extension `probe` would give, from the magic bytes alone (no decoding), so the
+    store can be checked with one `stat`; None for anything else."""
+    head = data[:12]
+    if head.startswith(b"\xff\xd8"):
+        return "jpg"
+    if head.startswith(b"\x89PNG"):
+        return "png"
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "webp"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "gif"
+    if head.startswith(b"BM"):
+        return "bmp"
+    if head.startswith((b"II*\0", b"MM\0*")):
+        return "tif"
+    return None
+
+
 def _open(data: bytes) -> Image.Image:
     """Open lazily (header only) and refuse what is not an image or is too large to decode."""
     if not data:

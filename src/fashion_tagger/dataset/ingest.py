@@ -95,7 +95,7 @@ def _store_batch(root: str, batch: list[bytes]) -> list[tuple[Any, ...]]:
     base = Path(root)
     for data in batch:
         sha = hashlib.sha256(data).hexdigest()
-        known = _stored_info(base, sha)
+        known = _stored_info(base, sha, images.sniff_ext(data))
         if known is not None:  # stored by an earlier (interrupted) run: header only, no decode
             out.append((sha, *known))
             continue
@@ -109,9 +109,9 @@ def _store_batch(root: str, batch: list[bytes]) -> list[tuple[Any, ...]]:
     return out
 
 
-def _stored_info(root: Path, sha: str) -> tuple[str, int, int] | None:
+def _stored_info(root: Path, sha: str, ext: str | None) -> tuple[str, int, int] | None:
     """Ext and oriented size of an image already in the store (validated when stored)."""
-    path = store.find(root, sha, _STORED_EXTS)
+    path = store.find(root, sha, (ext,) if ext else _STORED_EXTS)
     if path is None:
         return None
     try:
