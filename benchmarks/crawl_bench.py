@@ -1,0 +1,144 @@
+"""Crawl speed and crash safety against the fake marketplace (no network beyond 127.0.0.1).
+
+Three measurements, each a real `fashion-tagger crawl vinted` subprocess against
+`fashion_tagger.sources.vinted.fake_server` (answers delayed by --latency, 20 ms by default):
+
+1. polite: the default politeness (--delay 1.0 --concurrency 2) on a small market;
+2. fast: --delay 0 --concurrency 8 on a larger one;
+3. kills: the fast crawl SIGKILLed --kills times at random moments, resumed each time, then run
+   to the end: requests made more than once (goal 0), listings lost or duplicated (goal 0).
+
+Listings/s counts the listings that reached the dataset (with their photo), photos/s the photos
+stored, both over the crawl's own wall time (the CLI's start-up excluded).
+
+Example: python benchmarks/crawl_bench.py --latency 0.02 --kills 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+from fashion_tagger.dataset.core import Dataset
+from fashion_tagger.sources.vinted.fake_server import FakeVinted
+
+CLI = [sys.executable, "-c", "from fashion_tagger.cli import main; main()"]
+
+
+def _cmd(
+    fake: FakeVinted, out: Path, per_category: int, delay: float, concurrency: int
+) -> list[str]:
+    return [
+        *CLI, "crawl", "vinted", "--base-url", fake.url, "--out", str(out),
+        "--per-category", str(per_category), "--delay", str(delay),
+        "--concurrency", str(concurrency), "--no-progress", "--json",
+    ]  # fmt: skip
+
+
+def _expected(fake: FakeVinted, per_category: int) -> set[str]:
+    return {str(i) for leaf in fake.fashion_leaves() for i in leaf.items[:per_category]}
+
+
+def speed(args: argparse.Namespace, categories: int, items: int, delay: float, conc: int) -> dict:
+    """One full crawl; its rates."""
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        FakeVinted(categories=categories, items_per_category=items, latency=args.latency) as fake,
+    ):
+        out = Path(tmp) / "ds"
+        proc = subprocess.run(_cmd(fake, out, items, delay, conc), capture_output=True, check=True)
+        result = json.loads(proc.stdout)
+        listings = len(set(Dataset.open(out).to_pandas().item_id))
+        secs = result["seconds"]
+        return {
+            "delay": delay,
+            "concurrency": conc,
+            "requests": result["requests"],
+            "listings": listings,
+            "photos": result["photos"],
+            "seconds": secs,
+            "listings_per_s": round(listings / secs, 1),
+            "photos_per_s": round(result["photos"] / secs, 1),
+            "requests_per_s": round(result["requests"] / secs, 1),
+        }
+
+
+def kills(args: argparse.Namespace) -> dict:
+    """SIGKILL the fast crawl `args.kills` times at random moments, then let it finish."""
+    rng = random.Random(args.seed)
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        FakeVinted(
+            categories=args.categories,
+            items_per_category=args.items,
+            latency=args.latency,
+            page_cap=24,
+        ) as fake,
+    ):
+        out = Path(tmp) / "ds"
+        cmd = _cmd(fake, out, args.items, 0.0, 8)
+        killed_at = []
+        for _ in range(args.kills):
+            before = sum(fake.hits.values())
+            wait_for = rng.randint(5, 150)
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            while sum(fake.hits.values()) < before + wait_for and proc.poll() is None:
+                time.sleep(0.002)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                killed_at.append(sum(fake.hits.values()))
+            proc.wait()
+        subprocess.run(cmd, capture_output=True, check=True)
+        hits = Counter(fake.hits)
+        df = Dataset.open(out).to_pandas()
+        want = _expected(fake, args.items)
+        got = list(df.item_id)
+
+        def repeats(prefix: str) -> int:
+            return sum(v - 1 for k, v in hits.items() if k.startswith(prefix))
+
+        return {
+            "kills": len(killed_at),
+            "killed_after_requests": killed_at,
+            "repeated_page_requests": repeats("/api/"),
+            "repeated_photo_requests": repeats("/t/"),
+            "home_page_requests": hits["/"],
+            "listings_lost": len(want - set(got)),
+            "listings_duplicated": len(got) - len(set(got)),
+            "listings": len(set(got)),
+        }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--latency", type=float, default=0.02, help="fake server delay (s)")
+    parser.add_argument("--categories", type=int, default=10, help="fashion leaves (fast/kills)")
+    parser.add_argument("--items", type=int, default=100, help="listings per leaf (fast/kills)")
+    parser.add_argument("--polite-categories", type=int, default=2)
+    parser.add_argument("--polite-items", type=int, default=10)
+    parser.add_argument("--kills", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-polite", action="store_true")
+    args = parser.parse_args()
+    report = {}
+    if not args.skip_polite:
+        report["polite"] = speed(args, args.polite_categories, args.polite_items, 1.0, 2)
+        print(json.dumps(report["polite"]), flush=True)
+    report["fast"] = speed(args, args.categories, args.items, 0.0, 8)
+    print(json.dumps(report["fast"]), flush=True)
+    report["kills"] = kills(args)
+    print(json.dumps(report["kills"]), flush=True)
+
+
+if __name__ == "__main__":
+    main()
