@@ -6,6 +6,10 @@ fixtures) and fast: `make_tiny_run` trains for a couple of seconds on CPU.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -94,8 +98,6 @@ def make_synthetic_dataset(root: Path, n: int = 240, seed: int = 0, ragged: bool
 def make_tiny_run(tmp_dir: Path) -> tuple[Path, Path]:
     """(run_dir, dataset_dir): a `simple-cnn` + unified head trained a few seconds on the
     synthetic data, clearly better than chance, written with the real `train`."""
-    import torch
-
     from fashion_tagger.training.config import DataConfig, ModelConfig, TrainConfig
     from fashion_tagger.training.train import train
 
@@ -110,10 +112,25 @@ def make_tiny_run(tmp_dir: Path) -> tuple[Path, Path]:
         seed=0,
         progress=False,
     )
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny batches: threads only add overhead on a shared machine
-    try:
+    with one_thread():  # tiny batches: threads only add overhead on a shared machine
         run = train(dataset_dir, tmp_dir / "run", config)
+    return run.path, dataset_dir
+
+
+@functools.cache
+def shared_tiny_run() -> tuple[Path, Path]:
+    """One `make_tiny_run` per test process, for tests that only read it (copy it to change it)."""
+    return make_tiny_run(Path(tempfile.mkdtemp(prefix="tiny-run-")))
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch on one thread: tiny models train faster without threading overhead."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
     finally:
         torch.set_num_threads(threads)
-    return run.path, dataset_dir

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import get_context
+from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +75,9 @@ def decode_images(
             for start, part in chunks:
                 take(start, *_decode_chunk(str(root), part, spec))
         else:
-            with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            # fork: no re-import of the caller's __main__; the workers touch only PIL and numpy
+            ctx = get_context("fork" if "fork" in get_all_start_methods() else "spawn")
+            with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
                 futures = [
                     (start, pool.submit(_decode_chunk, str(root), part, spec))
                     for start, part in chunks

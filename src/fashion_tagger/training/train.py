@@ -439,3 +439,32 @@ def _find_lr(
     lr = float(suggestion) if suggestion else 1e-3
     module.lr = lr
     return lr
+
+
+def epochs_for_budget(config: TrainConfig, n_train: int, minutes: float, steps: int = 4) -> int:
+    """How many epochs fit in `minutes` on this machine, from a few timed training steps.
+
+    A time budget should end with a finished schedule (OneCycle/cosine reach their low learning
+    rate), so budgeted runs pick their epoch count up front; `max_time` stays as a safety cap.
+    """
+    from fashion_tagger.training.model import create_backbone
+
+    d = config.data
+    size = d.image_size or backbone_data_config(config.model.backbone, d.channels)["size"]
+    net, width = create_backbone(config.model.backbone, d.channels)
+    head = torch.nn.Linear(width, 100)
+    opt = torch.optim.AdamW([*net.parameters(), *head.parameters()])
+    x = torch.randn(config.batch_size, d.channels, *size)
+    y = torch.randint(0, 100, (config.batch_size,))
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(head(net(x)), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        times.append(time.perf_counter() - t)
+    per_image = min(times[1:] or times) / config.batch_size
+    # validation (forward only, ~1/3 of a step) on a val split about a fifth of train
+    epoch_s = n_train * per_image * 1.1
+    return max(1, int(minutes * 60 * 0.85 / epoch_s))

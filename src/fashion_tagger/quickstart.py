@@ -1,0 +1,141 @@
+"""`quickstart`: the whole job in one call: import, split, train, evaluate, predict.
+
+Meant for a first run on a laptop CPU: a small `simple-cnn` model trained for a few minutes,
+then evaluated on the test split and used to tag a few test images.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from fashion_tagger.dataset.core import Dataset
+from fashion_tagger.errors import FashionTaggerError
+from fashion_tagger.training.config import DataConfig, ModelConfig, TrainConfig
+
+DEFAULT_OUT = "quickstart-out"
+PREDICT_N = 16
+
+
+def detect_kind(src: Path) -> str:
+    """kaggle-products (a zip or folder with styles.csv), fashion-mnist (a CSV or IDX files), or
+    folders (any other folder tree)."""
+    if not src.exists():
+        raise FashionTaggerError(f"--data {src} does not exist")
+    if src.is_file():
+        if src.suffix.lower() == ".zip":
+            with zipfile.ZipFile(src) as z:
+                if any(n.endswith("styles.csv") for n in z.namelist()):
+                    return "kaggle-products"
+            raise FashionTaggerError(
+                f"{src}: a zip without styles.csv; unpack it and pass the folder"
+            )
+        if src.suffix.lower() == ".csv":
+            return "fashion-mnist"
+        raise FashionTaggerError(
+            f"--data {src}: expected a folder, a Kaggle zip or a Fashion-MNIST CSV"
+        )
+    if any(src.glob("styles.csv")) or any(src.glob("*/styles.csv")):
+        return "kaggle-products"
+    if any(src.glob("*-ubyte*")):
+        return "fashion-mnist"
+    return "folders"
+
+
+def _import(kind: str, src: Path | None, out: Path, workers: int | None, progress: bool) -> Dataset:
+    if kind == "kaggle-products":
+        from fashion_tagger.sources.kaggle_products import import_kaggle_products
+
+        return import_kaggle_products(src, out, workers=workers, progress=progress).dataset
+    if kind == "fashion-mnist":
+        from fashion_tagger.sources.fashion_mnist import import_fashion_mnist
+
+        return import_fashion_mnist(src, out, workers=workers, progress=progress).dataset
+    from fashion_tagger.sources.folders import import_folders
+
+    return import_folders(src, out, workers=workers, progress=progress).dataset
+
+
+def _train_config(kind: str, workers: int | None, progress: bool) -> TrainConfig:
+    """A small CPU-friendly configuration for the kind of data."""
+    if kind == "fashion-mnist":
+        data = DataConfig(image_size=(32, 32), channels=1, workers=workers or 2)
+    elif kind == "kaggle-products":
+        data = DataConfig(image_size=(80, 64), augment=True, workers=workers or 2)
+    else:
+        data = DataConfig(image_size=(64, 64), resize="pad", augment=True, workers=workers or 2)
+    return TrainConfig(
+        data=data,
+        model=ModelConfig(backbone="simple-cnn", head="unified", hidden=512),
+        batch_size=128,
+        lr=3e-3,
+        progress=progress,
+    )
+
+
+def quickstart(
+    data: str | Path | None = None,
+    out: str | Path = DEFAULT_OUT,
+    minutes: float = 4.0,
+    *,
+    workers: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Import `data` (or download Fashion-MNIST), split it, train for about `minutes`, evaluate
+    on the test split and tag a few test images; returns where everything is.
+
+    Every step resumes or skips when its output is already there, so a re-run is cheap.
+
+    Example:
+        >>> quickstart("../shared/datasets/fashion-product-images-small.zip", "demo-out")
+    """
+    from fashion_tagger.dataset import ops
+    from fashion_tagger.evaluation import evaluate
+    from fashion_tagger.inference.predict import predict_paths
+    from fashion_tagger.rundir import RunDir
+    from fashion_tagger.training.train import epochs_for_budget, train
+
+    if minutes <= 0:
+        raise FashionTaggerError("--minutes must be positive")
+    out = Path(out)
+    src = Path(data) if data is not None else None
+    kind = detect_kind(src) if src is not None else "fashion-mnist"
+    dataset_dir, run_dir = out / "dataset", out / "run"
+    ds = _import(kind, src, dataset_dir, workers, progress)
+    if not any(ds.table.column("split").to_pylist()):
+        ds, _ = ops.split(ds, val=0.15, test=0.15, seed=0)
+        ds = ds.save()
+    elif "val" not in ds.split_counts():
+        ds, _ = ops.split(ds, val=0.15, test=0.0, seed=0, force=False)
+        ds = ds.save()
+
+    if (run_dir / "model.json").is_file():
+        run = RunDir.open(run_dir)
+    else:
+        config = _train_config(kind, workers, progress)
+        n_train = ds.split_counts().get("train", 0)
+        epochs = epochs_for_budget(config, n_train, minutes)
+        config = replace(config, epochs=epochs, max_time=str(minutes * 1.5))
+        resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
+        run = train(dataset_dir, run_dir, None if resume else config, resume=resume)
+    split = "test" if "test" in ds.split_counts() else "val"
+    metrics = evaluate(run.path, dataset_dir, split=split, progress=progress)
+    test = ds.split(split)
+    sample = [test.image_path(i) for i in range(min(PREDICT_N, len(test)))]
+    predictions = out / "predictions.jsonl"
+    predict_paths(run.path, sample, predictions, progress=False)
+    levels = {b["name"]: b["accuracy"] for b in metrics.get("levels", [])}
+    return {
+        "kind": kind,
+        "dataset_dir": str(dataset_dir),
+        "run_dir": str(run.path),
+        "metrics": str(metrics.get("files", {}).get("metrics", run.path / "metrics.json")),
+        "report": str(metrics.get("files", {}).get("report", run.path / "report.html")),
+        "predictions": str(predictions),
+        "split": split,
+        "accuracy": levels,
+        "epochs": run.config.get("training", {}).get("epochs_run"),
+        "train_seconds": run.config.get("training", {}).get("seconds"),
+    }
