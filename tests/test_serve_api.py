@@ -127,7 +127,7 @@ def test_predict_one_and_many_files_in_order():
         ("corrupt", 422, "corrupt"),
         ("bomb", 422, "decompression_bomb"),
         ("no_files", 422, "no images"),
-        ("empty_urls", 422, "empty"),
+        ("empty_urls", 422, "at least 1 item"),
         ("bad_json", 422, "expected"),
         ("wrong_type", 415, "multipart"),
         ("bad_scheme", 400, "only http and https"),

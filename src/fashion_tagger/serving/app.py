@@ -12,7 +12,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -110,6 +112,15 @@ class LimitsAndMetrics:
         await send({"type": "http.response.body", "body": body})
 
 
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """One readable sentence, like every other 4xx of the API (not FastAPI's list of dicts)."""
+    parts = []
+    for err in exc.errors()[:3]:
+        where = ".".join(str(p) for p in err.get("loc", ()))
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    return JSONResponse({"detail": "; ".join(parts) or "invalid request"}, status_code=422)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The service for `settings`; with `settings.run_dir` the model loads when the app starts."""
     settings = settings or Settings()
@@ -134,6 +145,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Classify fashion photos into a catalog's category tree and attributes.",
         lifespan=lifespan,
     )
+    app.add_exception_handler(RequestValidationError, _validation_error)
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.predictor = None

@@ -10,7 +10,9 @@ from pydantic import BaseModel, Field
 class UrlsRequest(BaseModel):
     """Images to fetch: http(s) URLs of public hosts."""
 
-    urls: list[str] = Field(..., description="Image URLs (http or https).", max_length=1000)
+    urls: list[str] = Field(
+        ..., description="Image URLs (http or https).", min_length=1, max_length=1000
+    )
 
 
 class PathStep(BaseModel):

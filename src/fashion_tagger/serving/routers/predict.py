@@ -37,6 +37,7 @@ _BODY = {
                 "properties": {
                     "files": {
                         "type": "array",
+                        "minItems": 1,
                         "items": {"type": "string", "format": "binary"},
                         "description": "One or more image files (JPEG, PNG, WebP, GIF, BMP, TIFF).",
                     }
