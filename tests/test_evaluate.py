@@ -21,8 +21,12 @@ from fashion_tagger.rundir import RunDir
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """One trained run for the whole module (training is the slow part)."""
-    return make_tiny_run(tmp_path_factory.mktemp("tiny"))
+    """One trained run for the whole module (training is the slow part), with one test image
+    broken after training: evaluation must count it, not crash."""
+    run_dir, data_dir = make_tiny_run(tmp_path_factory.mktemp("tiny"))
+    test = Dataset.open(data_dir).split("test")
+    test.image_path(0).write_bytes(b"not an image")
+    return run_dir, data_dir
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +43,11 @@ def evaluated(tiny, tmp_path_factory):
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "shape" in result.output and "wrote" in result.output
-    return json.loads((out / "m.json").read_text())
+    return json.loads((out / "m.json").read_text(), parse_constant=_no_nan)
+
+
+def _no_nan(name: str) -> None:
+    raise AssertionError(f"metrics.json holds {name}: not valid JSON for other tools")
 
 
 def test_evaluate_matches_predict(tiny, evaluated):
@@ -49,10 +57,15 @@ def test_evaluate_matches_predict(tiny, evaluated):
     preds = Tagger.load(run_dir, backend="torch").predict(
         [test.image_path(i) for i in range(len(test))], batch_size=7
     )
-    assert all(p.error is None for p in preds)
-    true = test.labels
+    # the broken image is reported by both, and left out of every number
+    assert [i for i, p in enumerate(preds) if p.error] == [0]
+    assert m["dataset"]["n_unreadable"] == 1
+    assert m["dataset"]["unreadable"][0]["image"] == test.table.column("image")[0].as_py()
+    assert m["dataset"]["n_rows"] == len(test) and m["dataset"]["split"] == "test"
+    assert m["dataset"]["n_images"] == len(test) - 1
+    true = test.labels[1:]
+    preds = preds[1:]
     pred = [p.labels for p in preds]
-    assert m["dataset"]["n_images"] == len(test) and m["dataset"]["split"] == "test"
 
     for lvl, block in enumerate(m["levels"]):
         rows = [i for i, t in enumerate(true) if len(t) > lvl]
@@ -91,9 +104,8 @@ def test_evaluate_matches_predict(tiny, evaluated):
 
     # attributes at the model's thresholds: exactly what predict reports
     names = m["attributes"]["names"]
-    y = np.array(
-        [[n in set(a) for n in names] for a in test.table.column("attributes").to_pylist()]
-    )
+    attrs = test.table.column("attributes").to_pylist()[1:]
+    y = np.array([[n in set(a) for n in names] for a in attrs])
     yhat = np.array([[n in {x["name"] for x in p.attributes} for n in names] for p in preds])
     kw = {"average": "micro", "zero_division": 0}
     got = m["attributes"]["at_thresholds"]
@@ -106,7 +118,7 @@ def test_evaluate_matches_predict(tiny, evaluated):
     # the top losses are real rows of the split, worst first
     losses = [t["loss"] for t in m["top_losses"]]
     assert losses == sorted(losses, reverse=True)
-    assert {t["image"] for t in m["top_losses"]} <= set(test.table.column("image").to_pylist())
+    assert {t["image"] for t in m["top_losses"]} <= set(test.table.column("image").to_pylist()[1:])
 
 
 def test_evaluate_writes_defaults_and_the_report(tiny, evaluated):
