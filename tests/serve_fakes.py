@@ -12,6 +12,7 @@ import io
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -155,3 +156,43 @@ def serve_in_thread(app) -> Iterator[str]:
         server.should_exit = True
         thread.join(10)
         sock.close()
+
+
+def make_random_run(
+    root: Path,
+    dataset: Path,
+    *,
+    head: str = "unified",
+    attributes: bool = True,
+    backbone: str = "simple-cnn",
+    size: int = 32,
+    seed: int = 0,
+) -> Path:
+    """A run dir written with the real `save_model`, random weights (training is not the point:
+    `make_tiny_run` trains for minutes on a busy 2-core machine; export and serving only need a
+    real model of the real architecture)."""
+    import torch
+
+    from fashion_tagger.dataset.core import Dataset
+    from fashion_tagger.rundir import ModelSpec, save_model
+    from fashion_tagger.training.model import build_model
+
+    ds = Dataset.open(dataset)
+    spec = ModelSpec(
+        model_id="",
+        backbone={"name": backbone, "pretrained": False, "in_chans": 3},
+        head={"kind": head, "hidden": 32, "dropout": 0.0},
+        input_size=(size, size),
+        channels=3,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+        resize="squash",
+        taxonomy=ds.taxonomy,
+        attribute_names=ds.attribute_names if attributes else [],
+    )
+    torch.manual_seed(seed)
+    module = build_model(spec)
+    with torch.no_grad():  # make the levels confident enough that paths are well defined
+        for p in module.parameters():
+            p.mul_(3.0)
+    return save_model(root, module.eval(), spec, {"data": {"dataset": str(dataset)}}).path

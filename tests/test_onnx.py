@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from run_fixtures import make_synthetic_dataset
+from serve_fakes import make_random_run as make_run
 from typer.testing import CliRunner
 
 import fashion_tagger.inference.onnx as fonnx
@@ -18,40 +18,7 @@ from fashion_tagger.dataset.core import Dataset
 from fashion_tagger.errors import RunDirError
 from fashion_tagger.inference.onnx import OnnxBackend, check_parity, export_onnx, read_metadata
 from fashion_tagger.inference.tagger import Tagger
-from fashion_tagger.rundir import ModelSpec, save_model
 from fashion_tagger.training.model import build_model
-
-
-def make_run(
-    root: Path,
-    dataset: Path,
-    *,
-    head: str = "unified",
-    attributes: bool = True,
-    backbone: str = "simple-cnn",
-    size: int = 32,
-    seed: int = 0,
-) -> Path:
-    """A run dir written with the real `save_model`, random weights (training is not the point)."""
-    ds = Dataset.open(dataset)
-    spec = ModelSpec(
-        model_id="",
-        backbone={"name": backbone, "pretrained": False, "in_chans": 3},
-        head={"kind": head, "hidden": 32, "dropout": 0.0},
-        input_size=(size, size),
-        channels=3,
-        mean=(0.5, 0.5, 0.5),
-        std=(0.25, 0.25, 0.25),
-        resize="squash",
-        taxonomy=ds.taxonomy,
-        attribute_names=ds.attribute_names if attributes else [],
-    )
-    torch.manual_seed(seed)
-    module = build_model(spec)
-    with torch.no_grad():  # make the levels confident enough that paths are well defined
-        for p in module.parameters():
-            p.mul_(3.0)
-    return save_model(root, module.eval(), spec, {"data": {"dataset": str(dataset)}}).path
 
 
 @pytest.fixture(scope="module")
