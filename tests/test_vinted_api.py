@@ -186,6 +186,11 @@ def test_leaves_drop_non_fashion_and_keep_paths():
     assert ("Women", "Beauty", "Make-up") in [leaf.path for leaf in everything]
     fewer = categories.leaves(roots, (*categories.DEFAULT_EXCLUDE, "Dresses"))
     assert len(fewer) == 2
+    # non-fashion root names only count at the root: "Home shoes" is fashion
+    shoes = api.parse_nodes(
+        [{"id": 9, "title": "Men", "catalogs": [{"id": 3, "title": "Home shoes"}]}]
+    )
+    assert [x.path for x in categories.leaves(shoes)] == [("Men", "Home shoes")]
 
 
 def test_select_by_id_title_and_path():

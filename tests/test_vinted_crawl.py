@@ -56,6 +56,10 @@ def test_rerun_of_a_finished_crawl_fetches_nothing_again(tmp_path):
         again = crawl_vinted(tmp_path, fast(fake, per_category=4), progress=False)
         assert again.requests == 1 and sum(fake.hits.values()) == before + 1  # the home page
         assert len(again.dataset) == len(expected(fake, 4))
+        # a larger --per-category continues the full categories; photos are not fetched again
+        more = crawl_vinted(tmp_path, fast(fake, per_category=6), progress=False)
+        assert sorted(more.dataset.to_pandas().item_id) == sorted(expected(fake, 6))
+        assert max(fake.count("/t/").values()) == 1
 
 
 @pytest.mark.parametrize(
@@ -132,7 +136,7 @@ def test_cli_crawl_status_and_list(tmp_path):
     status = runner.invoke(app, ["crawl", "status", str(tmp_path), "--json"])
     assert status.exit_code == 0, status.output
     st = json.loads(status.output)
-    assert st["photos"] == {"done": 3} and st["categories"] == {"done": 2}
+    assert st["photos"] == {"done": 3} and st["categories"] == {"full": 2}
     assert st["dataset_images"] == 3
     human = runner.invoke(app, ["crawl", "status", str(tmp_path)])
     assert "photos" in human.output and human.exit_code == 0

@@ -15,12 +15,11 @@ from fashion_tagger.errors import FashionTaggerError
 from fashion_tagger.sources.vinted.api import Node
 
 EXCLUDED_ROOT_IDS = frozenset({1918, 2309, 2093})
-"""Home, Entertainment, Pet care."""
+EXCLUDED_ROOT_TITLES = frozenset({"home", "entertainment", "pet care", "pets"})
+"""Non-fashion roots (Home, Entertainment, Pet care), by id or title; only at the root, so a
+"Home shoes" category is kept."""
 
 DEFAULT_EXCLUDE = (
-    "Home",
-    "Entertainment",
-    "Pet care",
     "Beauty",
     "Grooming",
     "Toys",
@@ -81,8 +80,8 @@ def leaves(roots: Sequence[Node], exclude: Sequence[str] | None = DEFAULT_EXCLUD
     """Every leaf under `roots`, depth first in the site's order, minus excluded subtrees.
 
     Args:
-        exclude: titles whose subtrees are dropped; None or () keeps everything (and then the
-            non-fashion roots too).
+        exclude: titles whose subtrees are dropped (whole words, any depth); None or () keeps
+            everything, the non-fashion roots too.
     """
     pattern = _matcher(exclude or ())
     out: list[Leaf] = []
@@ -97,7 +96,7 @@ def leaves(roots: Sequence[Node], exclude: Sequence[str] | None = DEFAULT_EXCLUD
             walk(child, path, gender)
 
     for root in roots:
-        if exclude and root.id in EXCLUDED_ROOT_IDS:
+        if exclude and (root.id in EXCLUDED_ROOT_IDS or root.title.lower() in EXCLUDED_ROOT_TITLES):
             continue
         walk(root, (), _gender(root))
     return out

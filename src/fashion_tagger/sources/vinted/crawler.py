@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import hashlib
 import io
+import os
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ from fashion_tagger.sources.vinted.state import DonePhoto, State
 UNISEX_RULES = ("relabel", "keep-first", "keep-both")
 LEVELS = ["department", "group", "category", "subcategory", "type"]
 LOCK_FILE = ".crawl.lock"
+INCOMING_DIR = ".crawl-incoming"
 
 T = TypeVar("T")
 
@@ -177,7 +179,7 @@ def rows_from_state(state: State, unisex: str, base_url: str) -> list[dict[str, 
         listing = photo.listing
         url = listing.get("url") or f"{base_url.rstrip('/')}/items/{photo.listing_id}"
         meta = {
-            **{k: v for k, v in listing.items() if k != "photo_urls"},
+            **listing,
             "photo_url": photo.url,
             "photo_position": photo.position,
             "found_in": [" > ".join(p) for p, _ in photo.categories],
@@ -292,6 +294,7 @@ class _Run:
         if not chosen:
             raise CrawlError("no category left to crawl; check --categories and --exclude")
         state.add_categories(chosen)
+        state.reopen_full(cfg.per_category)
         wanted = {leaf.id for leaf in chosen}
         todo = [c for c in state.categories_to_crawl() if c in wanted]
         n = cfg.politeness.concurrency
@@ -355,8 +358,12 @@ class _Run:
 
     async def _photo(self, session: Session, job: tuple[str, str], bar: _progress.Bar) -> None:
         url, _ = job
+        staged = _staged_path(self.out, url)
         try:
-            data = await session.get_bytes(url)
+            data = staged.read_bytes() if staged.is_file() else None
+            if data is None:
+                data = await session.get_bytes(url)
+                _stage(staged, data)
         except FetchError as exc:
             self.state.photo_failed(url, exc.reason)
             self.result.failed_photos += 1
@@ -370,15 +377,31 @@ class _Run:
             self.state.photo_failed(url, "corrupt_image")
             self.state.record_unparsed(url, f"corrupt_image: {exc}", b"")
             self.result.failed_photos += 1
+            staged.unlink(missing_ok=True)
             bar.advance()
             return
         self.state.photo_done(url, rel, sha, w, h)
+        staged.unlink(missing_ok=True)
         self.result.photos += 1
         bar.advance()
         self.unsaved += 1
         if self.unsaved >= self.config.save_every:
             self.unsaved = 0
             write_dataset(self.out, self.state, self.config)
+
+
+def _staged_path(out: Path, url: str) -> Path:
+    return out / INCOMING_DIR / (hashlib.sha1(url.encode()).hexdigest() + ".bin")
+
+
+def _stage(path: Path, data: bytes) -> None:
+    """Keep a photo's bytes the moment they arrive, so a crash before it is stored does not
+    cost a second download. Renamed into place (never half a file); not fsynced: it only has
+    to survive the process, not the machine."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def crawl_vinted(

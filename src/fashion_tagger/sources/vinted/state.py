@@ -201,7 +201,12 @@ class State:
             db.execute(
                 "UPDATE categories SET listings=?, total_pages=COALESCE(?, total_pages), "
                 "status=?, last_error=NULL WHERE id=?",
-                (have, total_pages, "done" if finished else "running", cid),
+                (
+                    have,
+                    total_pages,
+                    "full" if have >= cap else "done" if finished else "running",
+                    cid,
+                ),
             )
         return have, finished
 
@@ -218,9 +223,28 @@ class State:
                 (f"page {page}: {error}", cid),
             )
 
+    def reopen_full(self, cap: int) -> None:
+        """A re-run with a larger --per-category continues the categories that hit the old cap.
+
+        Their last page was cut at the cap, so it is fetched again (its known listings are
+        skipped); a category that ran out of listings stays done.
+        """
+        with self.tx() as db:
+            rows = db.execute(
+                "SELECT id FROM categories WHERE status='full' AND listings < ?", (cap,)
+            ).fetchall()
+            for (cid,) in rows:
+                db.execute(
+                    "DELETE FROM pages WHERE category_id=? AND page=(SELECT MAX(page) FROM pages "
+                    "WHERE category_id=?)",
+                    (cid, cid),
+                )
+                db.execute("UPDATE categories SET status='running' WHERE id=?", (cid,))
+
     def categories_to_crawl(self) -> list[int]:
         rows = self.db.execute(
-            "SELECT id FROM categories WHERE status != 'done' AND tries < ? ORDER BY ord",
+            "SELECT id FROM categories WHERE status NOT IN ('done', 'full') AND tries < ? "
+            "ORDER BY ord",
             (MAX_TRIES,),
         )
         return [r[0] for r in rows]
