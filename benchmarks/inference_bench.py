@@ -1,0 +1,174 @@
+"""Inference speed: PyTorch eager vs ONNX Runtime, images/s at batch 1 and 32, on CPU.
+
+Each model is built through the project's own model code (`build_model`: backbone + unified
+head, a small 2-level taxonomy with attributes) and exported with `export_module`, exactly as
+`fashion-tagger export` does; parity is checked before timing. timm models get random weights
+(speed does not depend on them). `--run RUN_DIR` adds a trained run. Both runtimes use the same
+number of threads (all cores by default). Each figure is the best of `--repeat` timed loops of
+at least `--min-seconds`, after a warm-up, so a busy machine hurts less.
+
+    python benchmarks/inference_bench.py                           # resnet50 + mobilenetv3 at 224
+    python benchmarks/inference_bench.py --run runs/products --models
+    python benchmarks/inference_bench.py --models mobilenetv3_large_100 --batches 1 8 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def small_spec(backbone: str, size: int):
+    """A ModelSpec with a small fashion-like taxonomy (2 levels, 6 leaves, 4 attributes)."""
+    from fashion_tagger.rundir import ModelSpec
+    from fashion_tagger.taxonomy import Taxonomy
+
+    tax = Taxonomy.from_paths(
+        [
+            ("Apparel", "Topwear"),
+            ("Apparel", "Bottomwear"),
+            ("Apparel", "Dress"),
+            ("Footwear", "Shoes"),
+            ("Footwear", "Sandal"),
+            ("Accessories", "Bags"),
+        ],
+        ["masterCategory", "subCategory"],
+    )
+    return ModelSpec(
+        model_id=f"bench-{backbone}",
+        backbone={"name": backbone, "pretrained": False, "in_chans": 3},
+        head={"kind": "unified", "hidden": 512, "dropout": 0.0},
+        input_size=(size, size),
+        channels=3,
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+        resize="squash",
+        taxonomy=tax,
+        attribute_names=["season=Summer", "season=Winter", "usage=Casual", "usage=Formal"],
+    )
+
+
+def timed(fn, x: np.ndarray, min_seconds: float, repeat: int) -> float:
+    """Best images/s over `repeat` loops, each running `fn(x)` for at least `min_seconds`."""
+    fn(x)  # warm-up (allocations, graph optimisation, oneDNN kernels)
+    best = 0.0
+    for _ in range(repeat):
+        n, start = 0, time.perf_counter()
+        while True:
+            fn(x)
+            n += 1
+            elapsed = time.perf_counter() - start
+            if elapsed >= min_seconds:
+                break
+        best = max(best, n * len(x) / elapsed)
+    return best
+
+
+def bench_model(name: str, module, spec, args, threads: int) -> list[dict]:
+    import torch
+
+    from fashion_tagger.inference.onnx import OnnxBackend, check_parity, export_module
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_module(module, spec, Path(tmp) / "model.onnx")
+        parity = check_parity(module, spec, path, random_inputs=4)
+        backend = OnnxBackend(path, threads=threads)
+        rows = []
+        h, w = spec.input_size
+        rng = np.random.default_rng(0)
+        for batch in args.batches:
+            x = rng.standard_normal((batch, spec.channels, h, w)).astype(np.float32)
+
+            def eager(a: np.ndarray) -> None:
+                with torch.inference_mode():
+                    module.probabilities(torch.from_numpy(a))
+
+            t = timed(eager, x, args.min_seconds, args.repeat)
+            o = timed(backend, x, args.min_seconds, args.repeat)
+            rows.append(
+                {
+                    "model": name,
+                    "input": f"{h}x{w}",
+                    "batch": batch,
+                    "torch_eager_img_s": round(t, 1),
+                    "onnxruntime_img_s": round(o, 1),
+                    "speedup": round(o / t, 2),
+                    "parity_max_abs_diff": parity.max_abs_diff,
+                }
+            )
+            print(
+                f"{name:28s} {h}x{w} threads {threads} batch {batch:3d}: eager {t:8.1f} img/s  "
+                f"onnxruntime {o:8.1f} img/s  x{o / t:.2f}",
+                file=sys.stderr,
+            )
+        return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--run", type=Path, help="A trained run dir to include.")
+    p.add_argument(
+        "--models",
+        nargs="*",
+        default=["resnet50", "mobilenetv3_large_100"],
+        help="timm backbones to build with random weights (none: only --run).",
+    )
+    p.add_argument("--size", type=int, default=224, help="Input size of the timm models (px).")
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 32], help="Batch sizes.")
+    p.add_argument("--min-seconds", type=float, default=2.0, help="Shortest timed loop.")
+    p.add_argument("--repeat", type=int, default=3, help="Timed loops per figure (best kept).")
+    p.add_argument(
+        "--threads", type=int, default=0, help="Threads for both runtimes (0: all cores)."
+    )
+    p.add_argument("--json", action="store_true", help="Print the results as JSON.")
+    args = p.parse_args()
+
+    import torch
+
+    from fashion_tagger.training.model import build_model, load_model
+
+    threads = args.threads or len(os.sched_getaffinity(0))
+    torch.set_num_threads(threads)
+    rows = []
+    if args.run:
+        module, spec = load_model(args.run)
+        rows += bench_model(
+            f"run:{args.run.name} ({spec.backbone['name']})", module, spec, args, threads
+        )
+    for name in args.models:
+        spec = small_spec(name, args.size)
+        torch.manual_seed(0)
+        rows += bench_model(
+            name + " (random weights)", build_model(spec).eval(), spec, args, threads
+        )
+    result = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "threads": threads,
+        "rows": rows,
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(
+        "| model | input | threads | batch | PyTorch eager (img/s) | ONNX Runtime (img/s) | speed-up |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['model']} | {r['input']} | {r['threads']} | {r['batch']} | {r['torch_eager_img_s']} | "
+            f"{r['onnxruntime_img_s']} | x{r['speedup']} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
