@@ -128,7 +128,12 @@ def main() -> None:
     p.add_argument("--min-seconds", type=float, default=2.0, help="Shortest timed loop.")
     p.add_argument("--repeat", type=int, default=3, help="Timed loops per figure (best kept).")
     p.add_argument(
-        "--threads", type=int, default=0, help="Threads for both runtimes (0: all cores)."
+        "--threads",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="Threads for both runtimes, one figure per value (0: all cores). On a busy machine "
+        "use 1: OpenMP threads that lose their core make eager PyTorch collapse.",
     )
     p.add_argument("--json", action="store_true", help="Print the results as JSON.")
     args = p.parse_args()
@@ -137,23 +142,23 @@ def main() -> None:
 
     from fashion_tagger.training.model import build_model, load_model
 
-    threads = args.threads or len(os.sched_getaffinity(0))
-    torch.set_num_threads(threads)
-    rows = []
+    models = []
     if args.run:
         module, spec = load_model(args.run)
-        rows += bench_model(
-            f"run:{args.run.name} ({spec.backbone['name']})", module, spec, args, threads
-        )
+        models.append((f"run:{args.run.name} ({spec.backbone['name']})", module, spec))
     for name in args.models:
         spec = small_spec(name, args.size)
         torch.manual_seed(0)
-        rows += bench_model(
-            name + " (random weights)", build_model(spec).eval(), spec, args, threads
-        )
+        models.append((name + " (random weights)", build_model(spec).eval(), spec))
+    rows = []
+    for threads in [t or len(os.sched_getaffinity(0)) for t in args.threads]:
+        torch.set_num_threads(threads)
+        for name, module, spec in models:
+            rows += [
+                {**r, "threads": threads} for r in bench_model(name, module, spec, args, threads)
+            ]
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
-        "threads": threads,
         "rows": rows,
     }
     if args.json:
