@@ -2,7 +2,9 @@
 
 Each import runs in a fresh subprocess into a temp dir; we report images/s and memory:
 the peak of the summed RSS of that process and all its worker children, sampled from /proc every
-20 ms (Linux), and `getrusage` peaks of the main process and of its largest worker.
+20 ms (Linux), and `getrusage` peaks of the main process and of its largest worker. CPU seconds
+(user + system, all processes) show the cost independent of how busy a shared machine is:
+images per CPU-second x cores is the rate an otherwise idle machine would reach.
 
     python benchmarks/import_bench.py                 # both datasets
     python benchmarks/import_bench.py --only kaggle-products --workers 2 --repeat 2
@@ -33,10 +35,12 @@ kind, src, out, workers = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]
 t = time.perf_counter()
 result = get_importer(kind)(src, out, workers=workers, progress=False)
 seconds = time.perf_counter() - t
-me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+me = resource.getrusage(resource.RUSAGE_SELF)
+kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+cpu = me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 print(json.dumps({"images": len(result.dataset), "skipped": result.report["skipped"],
-                  "seconds": seconds, "rss_main_kib": me, "rss_worker_kib": kids}))
+                  "seconds": seconds, "cpu_seconds": cpu,
+                  "rss_main_kib": me.ru_maxrss, "rss_worker_kib": kids.ru_maxrss}))
 """
 
 
@@ -102,6 +106,8 @@ def main() -> None:
                 "seconds": round(best["seconds"], 2),
                 "images_per_s": round(best["images"] / best["seconds"]),
                 "all_runs_s": [round(r["seconds"], 2) for r in runs],
+                "cpu_seconds": round(best["cpu_seconds"], 1),
+                "images_per_cpu_s": round(best["images"] / best["cpu_seconds"]),
                 "peak_rss_main_mib": round(best["rss_main_kib"] / 1024),
                 "peak_rss_worker_mib": round(best["rss_worker_kib"] / 1024),
                 "peak_rss_total_mib": round(best["rss_tree_kib"] / 1024),
@@ -117,7 +123,8 @@ def main() -> None:
     for r in results:
         print(
             f"| {r['dataset']} | {r['images']:,} | {r['skipped']} | {r['seconds']} | "
-            f"{r['images_per_s']:,} | {r['peak_rss_total_mib']} | "
+            f"{r['images_per_s']:,} | {r['cpu_seconds']} | {r['images_per_cpu_s']:,} | "
+            f"{r['peak_rss_total_mib']} | "
             f"{r['peak_rss_main_mib']} / {r['peak_rss_worker_mib']} |"
         )
 

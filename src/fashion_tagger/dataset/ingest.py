@@ -92,10 +92,9 @@ def _store_batch(root: str, batch: list[bytes]) -> list[tuple[Any, ...]]:
     """Validate and store a batch of images (in a worker, so hashing, decoding and writing run
     on every core); returns (sha, ext, w, h), or ("!", reason, detail), per image."""
     out: list[tuple[Any, ...]] = []
-    base = Path(root)
     for data in batch:
         sha = hashlib.sha256(data).hexdigest()
-        known = _stored_info(base, sha, images.sniff_ext(data))
+        known = _stored_info(root, sha, images.sniff_ext(data))
         if known is not None:  # stored by an earlier (interrupted) run: header only, no decode
             out.append((sha, *known))
             continue
@@ -104,12 +103,12 @@ def _store_batch(root: str, batch: list[bytes]) -> list[tuple[Any, ...]]:
         except images.ImageError as exc:
             out.append(("!", exc.reason, exc.detail[:300]))
             continue
-        store.put(base, sha, info.ext, data, replace=True)
+        store.put(root, sha, info.ext, data, replace=True, durable=False)
         out.append((sha, info.ext, info.width, info.height))
     return out
 
 
-def _stored_info(root: Path, sha: str, ext: str | None) -> tuple[str, int, int] | None:
+def _stored_info(root: str, sha: str, ext: str | None) -> tuple[str, int, int] | None:
     """Ext and oriented size of an image already in the store (validated when stored)."""
     path = store.find(root, sha, (ext,) if ext else _STORED_EXTS)
     if path is None:
@@ -120,7 +119,8 @@ def _stored_info(root: Path, sha: str, ext: str | None) -> tuple[str, int, int] 
             # Pillow decodes a whole PNG to look for EXIF that is not in its header: skip that.
             no_exif = img.format == "PNG" and "exif" not in img.info
             orientation = 1 if no_exif else img.getexif().get(0x0112, 1)
-        return (path.suffix[1:], *((h, w) if orientation in (5, 6, 7, 8) else (w, h)))
+        suffix = path.rsplit(".", 1)[1]
+        return (suffix, *((h, w) if orientation in (5, 6, 7, 8) else (w, h)))
     except Exception:  # unreadable (e.g. cut short by a power loss): validate and store again
         return None
 
