@@ -1,0 +1,200 @@
+"""train(): the run dir it writes, resume after a crash mid-epoch, frozen-backbone training,
+the LR finder, the CLI verb and config validation."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from run_fixtures import make_synthetic_dataset, one_thread, shared_tiny_run
+from safetensors.torch import load_file, save_file
+
+from fashion_tagger.errors import RunDirError
+from fashion_tagger.rundir import RunDir
+from fashion_tagger.training.config import (
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    TrainConfig,
+    parse_max_time,
+)
+from fashion_tagger.training.train import train
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> Path:
+    return make_synthetic_dataset(
+        tmp_path_factory.mktemp("ds") / "small", n=100, seed=1, ragged=True
+    )
+
+
+def quick(**kw) -> TrainConfig:
+    model = kw.pop("model", ModelConfig(backbone="simple-cnn", head="unified", hidden=16))
+    data = kw.pop("data", DataConfig(image_size=(24, 24), workers=0))
+    return TrainConfig(
+        data=data,
+        model=model,
+        **{"epochs": 1, "batch_size": 16, "lr": 3e-3, "progress": False, **kw},
+    )
+
+
+def test_run_dir_contents(tmp_path: Path) -> None:
+    run_dir, _ = shared_tiny_run()
+    run = RunDir.open(run_dir)
+    for f in (
+        "model.json",
+        "model.safetensors",
+        "checkpoints/best.ckpt",
+        "checkpoints/last.ckpt",
+        "curves.png",
+        "logs/metrics.csv",
+    ):
+        assert (run_dir / f).is_file(), f
+    assert list((run_dir / "logs" / "tensorboard").glob("events.out.tfevents.*"))
+    with open(run_dir / "logs" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == [
+        "epoch",
+        "step",
+        "train_loss",
+        "val_loss",
+        "val_acc_shape",
+        "val_acc_colour",
+        "val_acc_leaf",
+    ]
+    assert len(rows) == 8 and float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    cfg = run.config
+    assert cfg["training"]["model"]["head"] == "unified" and cfg["training"]["epochs"] == 8
+    assert cfg["training"]["throughput"]["images_per_s"] > 0
+    assert 0 <= cfg["training"]["throughput"]["data_fraction"] < 1
+    assert cfg["data"]["counts"]["train"] > 100 and len(cfg["data"]["fingerprint"]) == 16
+    assert cfg["metrics"]["val_acc_leaf"] > 0.4  # chance is 0.2
+    assert run.spec.attribute_names == ["pattern=striped", "size=big", "size=small"]
+    assert not (run_dir / "cache").exists()  # the default decode cache goes once the run is done
+
+
+class Crash(pl.Callback):
+    """Kills training at a given step, as a power cut would (after the step's checkpoint)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError("simulated crash")
+
+
+def test_resume_after_crash_mid_epoch_finishes_the_planned_epochs(
+    small: Path, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    config = quick(epochs=3, checkpoint_every=2)
+    with one_thread():
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            train(
+                small, run_dir, config, callbacks=[Crash(step=4)]
+            )  # 3 steps per epoch: mid epoch 2
+        assert (run_dir / "checkpoints" / "last.ckpt").is_file() and not (
+            run_dir / "model.json"
+        ).exists()
+        with pytest.raises(RunDirError, match="--resume"):
+            train(small, run_dir, config)  # a new run must not overwrite it
+        run = train(None, run_dir, resume=True)
+    assert run.config["training"]["epochs_run"] == 3
+    steps_per_epoch = run.config["data"]["counts"]["train"] // 16  # drop_last
+    assert run.config["training"]["global_step"] == 3 * steps_per_epoch
+    with open(run_dir / "logs" / "metrics.csv") as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [0, 1, 2]
+    assert RunDir.open(run_dir).spec.taxonomy.depth == 2
+
+
+def test_resume_needs_a_started_run(tmp_path: Path) -> None:
+    with pytest.raises(RunDirError, match="cannot resume"):
+        train(None, tmp_path, resume=True)
+
+
+def test_frozen_backbone_trains_heads_on_cached_features_with_lr_finder(
+    small: Path, tmp_path: Path
+) -> None:
+    tiny_run, _ = shared_tiny_run()
+    backbone = {
+        k[9:]: v
+        for k, v in load_file(str(tiny_run / "model.safetensors")).items()
+        if k.startswith("backbone.")
+    }
+    weights = tmp_path / "backbone.safetensors"
+    save_file(backbone, str(weights))
+    config = quick(
+        epochs=2,
+        lr="auto",
+        model=ModelConfig(
+            backbone="simple-cnn",
+            head="multi",
+            hidden=16,
+            weights=str(weights),
+            freeze_backbone=True,
+        ),
+        data=DataConfig(image_size=(32, 32), workers=0, cache_dir=str(tmp_path / "cache")),
+    )
+    with one_thread():
+        run = train(small, tmp_path / "run", config)
+    saved = load_file(str(run.weights_path))
+    for k, v in backbone.items():
+        assert torch.equal(saved[f"backbone.{k}"], v), k
+    assert len(list((tmp_path / "cache").glob("features-*.npy"))) == 2
+    assert (run.path / "lr_find.png").is_file() and run.config["training"]["lr_used"] > 0
+    assert run.config["backbone"]["pretrained"] is True
+
+
+def test_cli_train_json_and_existing_run_error(small: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fashion_tagger.cli import app
+
+    args = ["train", str(small), "--out", str(tmp_path / "r"), "--epochs", "1", "--image-size", "24x20", "--hidden", "8",
+            "--head", "flat", "--batch-size", "32", "--augment", "--workers", "0", "--no-progress", "--json"]  # fmt: skip
+    with one_thread():
+        res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout[res.stdout.index("{") :])
+    assert out["run_dir"] == str(tmp_path / "r") and "val_acc_leaf" in out["metrics"]
+    spec = RunDir.open(tmp_path / "r").spec
+    assert spec.input_size == (24, 20) and spec.head["kind"] == "flat"
+    res = CliRunner().invoke(app, args)
+    assert isinstance(res.exception, RunDirError)
+
+
+@pytest.mark.parametrize(
+    ("make", "flag"),
+    [
+        (lambda: TrainConfig(epochs=0), "--epochs"),
+        (lambda: TrainConfig(lr="fast"), "--lr"),
+        (lambda: TrainConfig(schedule="linear"), "--schedule"),
+        (lambda: ModelConfig(head="tree"), "--head"),
+        (lambda: ModelConfig(weights="/no/such/file"), "--weights"),
+        (lambda: ModelConfig(pretrained=True, weights=__file__), "--pretrained"),
+        (lambda: DataConfig(image_size=(2, 2)), "--image-size"),
+        (lambda: DataConfig(class_weights="balanced"), "--class-weights"),
+        (lambda: TrainConfig(max_time="soon"), "--max-time"),
+        (
+            lambda: TrainConfig(
+                data=DataConfig(augment=True), model=ModelConfig(freeze_backbone=True)
+            ),
+            "--freeze-backbone",
+        ),
+    ],
+)
+def test_config_errors_name_the_flag(make, flag: str) -> None:
+    with pytest.raises(ConfigError, match=flag):
+        make()
+
+
+def test_config_round_trip_and_max_time() -> None:
+    cfg = TrainConfig(data=DataConfig(image_size=(80, 64)), lr="auto", max_time="00:10:00")
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert parse_max_time("90") == {"days": 0, "hours": 1, "minutes": 30, "seconds": 0}
+    assert parse_max_time("0:00:30") == {"days": 0, "hours": 0, "minutes": 0, "seconds": 30}
