@@ -242,6 +242,15 @@ def test_page_and_its_assets_come_from_the_app():
         assert "https://" not in text and "http://" not in text  # no CDN, nothing external
 
 
+def test_no_cdn_backed_docs_pages():
+    async def go():
+        client, _ = make_client()
+        async with client:
+            return [(await client.get(p)).status_code for p in ("/docs", "/redoc")]
+
+    assert run(go()) == [404, 404]
+
+
 def test_no_model_loaded_is_503_not_500():
     async def go():
         app = create_app(Settings())

@@ -109,6 +109,6 @@ def serve_cmd(
     app_.state.predictor = predictor
     console.print(
         f"serving [bold]{predictor.model_id}[/] ({predictor.backend_name}) on "
-        f"http://{host}:{port}  (page: /, API docs: /docs)"
+        f"http://{host}:{port}  (page: /, API schema: /openapi.json)"
     )
     uvicorn.run(app_, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)

@@ -144,6 +144,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description="Classify fashion photos into a catalog's category tree and attributes.",
         lifespan=lifespan,
+        # FastAPI's /docs and /redoc pages load their scripts from a CDN; the service serves
+        # nothing from elsewhere, so it offers the schema itself (/openapi.json) instead.
+        docs_url=None,
+        redoc_url=None,
     )
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.state.settings = settings
