@@ -15,7 +15,9 @@ import contextlib
 import fcntl
 import hashlib
 import io
+import json
 import os
+import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -172,8 +174,6 @@ def _attributes(listing: dict[str, Any]) -> list[str]:
 
 def rows_from_state(state: State, unisex: str, base_url: str) -> list[dict[str, Any]]:
     """One manifest row per stored photo (and label path), from the crawl state."""
-    import json
-
     rows = []
     for photo in state.done_photos():
         listing = photo.listing
@@ -413,8 +413,6 @@ def crawl_vinted(
         Blocked: the bot wall stayed up after a pause; the state and manifest are saved.
         CrawlError: no category tree, nothing to crawl, or another crawl holds `out`.
     """
-    import time
-
     out = Path(out)
     config = config or CrawlConfig()
     with _locked(out):
