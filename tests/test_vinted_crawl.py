@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 
@@ -11,7 +12,7 @@ from vinted_fixtures import expected, fast
 
 from fashion_tagger.cli import app
 from fashion_tagger.dataset.core import Dataset
-from fashion_tagger.sources.vinted import crawl_status, crawl_vinted
+from fashion_tagger.sources.vinted import CrawlError, crawl_status, crawl_vinted
 from fashion_tagger.sources.vinted.fake_server import FakeVinted
 
 
@@ -141,6 +142,19 @@ def test_cli_crawl_status_and_list(tmp_path):
     human = runner.invoke(app, ["crawl", "status", str(tmp_path)])
     assert "photos" in human.output and human.exit_code == 0
     assert crawl_status(tmp_path)["listings"]["total"] == 3
+
+
+def test_refuses_to_overwrite_other_datasets(tmp_path):
+    with FakeVinted(categories=1, items_per_category=2) as fake:
+        crawl_vinted(tmp_path / "a", fast(fake, per_category=1), progress=False)
+        (tmp_path / "b").mkdir()
+        (tmp_path / "b" / "dataset.json").write_text("{}")
+        with pytest.raises(CrawlError, match="not crawled"):
+            crawl_vinted(tmp_path / "b", fast(fake), progress=False)
+        other = dataclasses.replace(fast(fake, per_category=1), base_url="http://127.0.0.1:9")
+        with pytest.raises(CrawlError, match="another --out"):
+            crawl_vinted(tmp_path / "a", other, progress=False)
+    assert (tmp_path / "b" / "dataset.json").read_text() == "{}"
 
 
 def test_cli_errors_are_one_line(tmp_path):

@@ -415,11 +415,21 @@ def crawl_vinted(
     """
     out = Path(out)
     config = config or CrawlConfig()
+    if (out / manifest.INFO_FILE).is_file() and not (out / "crawl.db").is_file():
+        raise CrawlError(
+            f"{out} holds a dataset that was not crawled; give --out a new or crawled dir"
+        )
     with _locked(out):
         state = State(out)
         try:
             if state.get_meta("created") is None:
                 state.set_meta("created", manifest.now())
+                state.set_meta("site", config.url)
+            site = state.get_meta("site")
+            if site != config.url:
+                raise CrawlError(
+                    f"{out} is a crawl of {site}, not {config.url}; use another --out per site"
+                )
             run = _Run(out, config, state, progress)
             started = time.monotonic()
             session = Session(config.url, config.politeness)
