@@ -96,7 +96,9 @@ def kills(args: argparse.Namespace) -> dict:
                 proc.send_signal(signal.SIGKILL)
                 killed_at.append(sum(fake.hits.values()))
             proc.wait()
-        subprocess.run(cmd, capture_output=True, check=True)
+        last = subprocess.run(cmd, capture_output=True)
+        if last.returncode != 0:
+            sys.exit(f"the resumed crawl failed: {last.stderr.decode()}")
         hits = Counter(fake.hits)
         df = Dataset.open(out).to_pandas()
         want = _expected(fake, args.items)

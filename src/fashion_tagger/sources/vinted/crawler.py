@@ -424,9 +424,10 @@ def crawl_vinted(
         try:
             if state.get_meta("created") is None:
                 state.set_meta("created", manifest.now())
-                state.set_meta("site", config.url)
             site = state.get_meta("site")
-            if site != config.url:
+            if site is None:
+                state.set_meta("site", config.url)
+            elif site != config.url:
                 raise CrawlError(
                     f"{out} is a crawl of {site}, not {config.url}; use another --out per site"
                 )
