@@ -117,9 +117,10 @@ def main() -> None:
         print(json.dumps(results, indent=2))
         return
     print(
-        "| dataset | images | skipped | seconds | images/s | peak RSS, all processes (MiB) | main / largest worker (MiB) |"
+        "| dataset | images | skipped | wall s | images/s | CPU s (all processes) | images per CPU-s "
+        "| peak RSS, all processes (MiB) | main / largest worker (MiB) |"
     )
-    print("|---|---:|---:|---:|---:|---:|---|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in results:
         print(
             f"| {r['dataset']} | {r['images']:,} | {r['skipped']} | {r['seconds']} | "
