@@ -10,4 +10,27 @@ from fashion_tagger.errors import FashionTaggerError
 from fashion_tagger.taxonomy import Taxonomy
 
 __version__ = "0.1.0"
-__all__ = ["Dataset", "FashionTaggerError", "Taxonomy", "__version__"]
+__all__ = [
+    "Dataset",
+    "FashionTaggerError",
+    "Tagger",
+    "Taxonomy",
+    "TrainConfig",
+    "__version__",
+    "train",
+]
+
+# Imported on first use, so `import fashion_tagger` (and `--help`) does not import torch.
+_LAZY = {
+    "Tagger": "fashion_tagger.inference.tagger",
+    "TrainConfig": "fashion_tagger.training.config",
+    "train": "fashion_tagger.training.train",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'fashion_tagger' has no attribute {name!r}")

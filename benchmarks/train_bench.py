@@ -1,0 +1,268 @@
+"""Training benchmark: flat vs multi vs unified heads under the same time budget, on CPU.
+
+Steps (each skipped when its output already exists, so a re-run only trains what is missing):
+1. import the Kaggle "Fashion Product Images (Small)" zip and split it by item (val 0.15,
+   test 0.15, seed 0);
+2. the 2,000-image check: `train` on a 2,000-image stratified sample, one epoch, simple-cnn;
+3. for each head: train the same backbone for the same number of epochs (sized to fit
+   `--minutes` on this machine by timing a few steps, with `--minutes` x 1.5 as a hard cap);
+   then test accuracy and weighted F1 per level (scikit-learn), attribute mAP, training time,
+   throughput (images/s) and the share of each step spent waiting for data;
+4. clothing-dataset-small: train on its train folder, accuracy on its validation folder.
+
+Example:
+    python benchmarks/train_bench.py --minutes 8 --heads flat,multi,unified --out bench-out/train
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = ROOT.parent / "shared" / "datasets"
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", type=Path, default=DATASETS / "fashion-product-images-small.zip")
+    p.add_argument("--clothing", type=Path, default=DATASETS / "clothing-dataset-small")
+    p.add_argument("--out", type=Path, default=ROOT / "bench-out" / "train")
+    p.add_argument("--heads", default="flat,multi,unified", help="comma-separated heads to compare")
+    p.add_argument("--minutes", type=float, default=8.0, help="training budget per head")
+    p.add_argument("--epochs", type=int, default=0, help="fixed epochs (0 = fit --minutes)")
+    p.add_argument("--backbone", default="simple-cnn")
+    p.add_argument("--image-size", default="80x64", help="HxW")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--hidden", type=int, default=512)
+    p.add_argument("--class-weights", default="sqrt", choices=["inverse", "sqrt", "none"])
+    p.add_argument("--augment", action="store_true", help="train-time augmentation")
+    p.add_argument(
+        "--skip", default="", help="comma-separated parts to skip: sample,heads,clothing"
+    )
+    p.add_argument("--workers", type=int, default=2)
+    return p.parse_args()
+
+
+def prepare_products(args: argparse.Namespace) -> Path:
+    from fashion_tagger.dataset import ops
+    from fashion_tagger.dataset.core import Dataset
+    from fashion_tagger.sources.kaggle_products import import_kaggle_products
+
+    out = args.out / "products"
+    if not (out / "items.parquet").is_file():
+        t = time.perf_counter()
+        import_kaggle_products(args.data, out, workers=args.workers, progress=False)
+        print(f"imported {args.data} in {time.perf_counter() - t:.0f} s", flush=True)
+    ds = Dataset.open(out)
+    if not any(ds.table.column("split").to_pylist()):
+        ds, _ = ops.split(ds, val=0.15, test=0.15, seed=0)
+        ds.save()
+    return out
+
+
+def base_config(args: argparse.Namespace, head: str, epochs: int):
+    from fashion_tagger.training.config import DataConfig, ModelConfig, TrainConfig
+
+    h, w = (int(v) for v in args.image_size.split("x"))
+    return TrainConfig(
+        data=DataConfig(
+            image_size=(h, w),
+            augment=args.augment,
+            class_weights=args.class_weights,
+            workers=args.workers,
+            cache_dir=str(args.out / "cache"),
+        ),
+        model=ModelConfig(backbone=args.backbone, head=head, hidden=args.hidden),
+        epochs=epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        max_time=str(args.minutes * 1.5),
+        checkpoint_every=0,
+        progress=False,
+    )
+
+
+def score(run_dir: Path, dataset_dir: Path, split: str, cache: Path) -> dict:
+    """Accuracy and weighted F1 per level (consistent decoding), attribute mAP (scikit-learn)."""
+    from sklearn.metrics import accuracy_score, average_precision_score, f1_score
+
+    from fashion_tagger.dataset.core import Dataset
+    from fashion_tagger.inference.preprocess import normalize
+    from fashion_tagger.inference.tagger import Tagger
+    from fashion_tagger.training.data import load_split
+
+    tagger = Tagger.load(run_dir, backend="torch")
+    spec = tagger.spec
+    arrays, _ = load_split(Dataset.open(dataset_dir), split, spec, cache, workers=2, progress=False)
+    preds, attr_p = [], []
+    for i in range(0, len(arrays), 256):
+        probs = tagger.predict_arrays(normalize(arrays.images[i : i + 256], spec))
+        leaf = tagger.path_scores(probs).argmax(1)
+        preds.append(tagger._leaf_idx[:, leaf].T)
+        attr_p.append(probs.attributes)
+    pred = np.concatenate(preds)
+    out: dict = {"n": len(arrays), "levels": {}}
+    for lvl, name in enumerate(spec.level_names):
+        y = arrays.levels[:, lvl]
+        ok = y >= 0
+        out["levels"][name] = {
+            "accuracy": float(accuracy_score(y[ok], pred[ok, lvl])),
+            "weighted_f1": float(
+                f1_score(y[ok], pred[ok, lvl], average="weighted", zero_division=0)
+            ),
+        }
+    if arrays.attributes.shape[1]:
+        a = np.concatenate(attr_p)
+        has = arrays.attributes.sum(0) > 0
+        out["attribute_mAP"] = float(
+            np.mean(
+                [
+                    average_precision_score(arrays.attributes[:, j], a[:, j])
+                    for j in np.flatnonzero(has)
+                ]
+            )
+        )
+    return out
+
+
+def sample_check(args: argparse.Namespace, products: Path) -> dict:
+    """`train` on a 2,000-image sample for one epoch: wall time of the whole call."""
+    from fashion_tagger.dataset import ops
+    from fashion_tagger.dataset.core import Dataset
+    from fashion_tagger.rundir import RunDir
+    from fashion_tagger.training.train import train
+
+    sample = args.out / "sample2000"
+    if not (sample / "items.parquet").is_file():
+        ds, _ = ops.filter_dataset(Dataset.open(products), sample=2000, seed=0)
+        ops.relocate(ds, sample).save()
+    run_dir = args.out / "runs" / "sample2000"
+    if not (run_dir / "model.json").is_file():
+        config = base_config(args, "unified", 1)
+        config = replace(config, data=replace(config.data, cache_dir=None))  # decoding counts
+        t = time.perf_counter()
+        train(sample, run_dir, config)
+        wall = time.perf_counter() - t
+    else:
+        wall = RunDir.open(run_dir).config["training"].get("wall_seconds", float("nan"))
+    run = RunDir.open(run_dir)
+    return {
+        "images": len(Dataset.open(sample)),
+        "wall_seconds": round(wall, 1),
+        "val_acc_leaf": run.config["metrics"].get("val_acc_leaf"),
+        "throughput": run.config["training"]["throughput"],
+    }
+
+
+def run_heads(args: argparse.Namespace, products: Path) -> dict:
+    from fashion_tagger.dataset.core import Dataset
+    from fashion_tagger.rundir import RunDir
+    from fashion_tagger.training.train import epochs_for_budget, train
+
+    n_train = Dataset.open(products).split_counts().get("train", 0)
+    epochs = args.epochs or epochs_for_budget(
+        base_config(args, "unified", 1), n_train, args.minutes
+    )
+    print(f"{n_train} train images; {epochs} epochs per head for {args.minutes} min", flush=True)
+    results = {}
+    for head in args.heads.split(","):
+        run_dir = args.out / "runs" / head
+        if not (run_dir / "model.json").is_file():
+            t = time.perf_counter()
+            train(products, run_dir, base_config(args, head, epochs))
+            print(f"{head}: trained in {time.perf_counter() - t:.0f} s", flush=True)
+        run = RunDir.open(run_dir)
+        res = score(run_dir, products, "test", args.out / "cache")
+        res["train_seconds"] = run.config["training"]["seconds"]
+        res["epochs"] = run.config["training"]["epochs_run"]
+        res["throughput"] = run.config["training"]["throughput"]
+        results[head] = res
+        print(head, json.dumps(res), flush=True)
+    return results
+
+
+def run_clothing(args: argparse.Namespace) -> dict:
+    from fashion_tagger.dataset.core import Dataset
+    from fashion_tagger.rundir import RunDir
+    from fashion_tagger.sources.folders import import_folders
+    from fashion_tagger.training.config import DataConfig
+    from fashion_tagger.training.train import epochs_for_budget, train
+
+    out = args.out / "clothing"
+    if not (out / "items.parquet").is_file():
+        import_folders(args.clothing, out, workers=args.workers, progress=False)
+    ds = Dataset.open(out)
+    splits = ds.split_counts()
+    run_dir = args.out / "runs" / "clothing"
+    if not (run_dir / "model.json").is_file():
+        config = base_config(args, "unified", 1)
+        config = replace(
+            config,
+            data=DataConfig(
+                image_size=(64, 64),
+                resize="pad",
+                augment=True,
+                workers=args.workers,
+                cache_dir=str(args.out / "cache"),
+            ),
+        )
+        epochs = epochs_for_budget(config, splits.get("train", 0), args.minutes)
+        train(out, run_dir, replace(config, epochs=max(epochs, 1)))
+    run = RunDir.open(run_dir)
+    return {
+        "splits": splits,
+        "epochs": run.config["training"]["epochs_run"],
+        "train_seconds": run.config["training"]["seconds"],
+        "val_accuracy": run.config["metrics"].get("val_acc_leaf"),
+    }
+
+
+def table(results: dict) -> str:
+    lines = [
+        "| head | epochs | train s | img/s | data % | "
+        + " | ".join(f"{lv} acc / wF1" for lv in next(iter(results.values()))["levels"])
+        + " | attr mAP |",
+    ]
+    lines.append("|" + "---|" * (6 + len(next(iter(results.values()))["levels"])))
+    for head, r in results.items():
+        cells = [
+            f"{100 * v['accuracy']:.1f} / {100 * v['weighted_f1']:.1f}"
+            for v in r["levels"].values()
+        ]
+        tp = r["throughput"]
+        lines.append(
+            f"| {head} | {r['epochs']} | {r['train_seconds']:.0f} | {tp['images_per_s']:.0f} | {100 * tp['data_fraction']:.1f} | "
+            + " | ".join(cells)
+            + f" | {100 * r.get('attribute_mAP', float('nan')):.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    args = parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    skip = set(filter(None, args.skip.split(",")))
+    results: dict = {"args": {k: str(v) for k, v in vars(args).items()}}
+    products = prepare_products(args)
+    if "sample" not in skip:
+        results["sample2000"] = sample_check(args, products)
+        print("sample2000", json.dumps(results["sample2000"]), flush=True)
+    if "heads" not in skip:
+        results["heads"] = run_heads(args, products)
+        print(table(results["heads"]), flush=True)
+    if "clothing" not in skip and args.clothing.is_dir():
+        results["clothing"] = run_clothing(args)
+        print("clothing", json.dumps(results["clothing"]), flush=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    print(f"results: {args.out / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()
