@@ -276,3 +276,11 @@ def test_truth_shapes_with_no_attributes(tax):
     assert isinstance(truth, Truth) and truth.attributes.shape == (1, 0)
     out = score(tax, [np.ones((1, n)) / n for n in tax.sizes], np.zeros((1, 0)), truth, [], [])
     assert out["attributes"]["mAP"] == 0.0 and out["attributes"]["at_0.75"]["OP"] == 0.0
+
+
+def test_top_losses_show_each_photo_once(tax):
+    # the same photo listed twice (two catalog rows) is shown once, worst loss first
+    truth, _ = encode_truth(tax, [], [PATHS[0], PATHS[0], PATHS[3]], [[], [], []], ["a", "a", "b"])
+    levels = [np.full((3, n), 1.0 / n) for n in tax.sizes]
+    out = score(tax, levels, np.zeros((3, 0)), truth, [], [])
+    assert [t["image"] for t in out["top_losses"]] == ["a", "b"]

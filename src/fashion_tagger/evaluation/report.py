@@ -247,7 +247,8 @@ def _confusion_plot(block: dict[str, Any]) -> str | None:
     keep = np.argsort(-support, kind="stable")[: min(MAX_CONFUSION_CLASSES, len(labels))]
     keep = np.sort(keep[support[keep] > 0])  # tree order: siblings sit together
     sub = cm[np.ix_(keep, keep)]
-    norm = sub / np.maximum(sub.sum(axis=1, keepdims=True), 1)
+    # shares of the whole true class, also when some of its predictions fall outside the shown ones
+    norm = sub / np.maximum(support[keep][:, None], 1)
     n = len(keep)
     size = max(3.6, 0.42 * n + 1.8)
     fig, ax = plt.subplots(figsize=(size + 1.0, size))

@@ -174,8 +174,14 @@ def _top_losses(
     for level, p in enumerate(levels):
         rows = truth.paths[:, level] >= 0
         loss[rows] -= _log(p[rows, truth.paths[rows, level]])
-    out = []
-    for i in np.argsort(-loss, kind="stable")[:TOP_LOSSES]:
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for i in np.argsort(-loss, kind="stable"):
+        if len(out) == TOP_LOSSES:
+            break
+        if truth.images[i] in seen:  # the same photo listed twice: show it once
+            continue
+        seen.add(truth.images[i])
         pred_path = [
             {
                 "level": taxonomy.level_names[lvl],
