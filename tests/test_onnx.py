@@ -176,3 +176,14 @@ def test_a_timm_backbone_exports_with_parity(tmp_path, dataset):
     run = make_run(tmp_path / "mnv3", dataset, backbone="mobilenetv3_small_050", size=64)
     result = export_onnx(run, max_images=8)
     assert result.parity.ok and result.parity.real_images == 8
+
+
+def test_predict_verb_gives_the_same_paths_with_both_backends(run, dataset, exported):
+    folder = str(Dataset.open(dataset).root / "images")
+    paths = {}
+    for backend in ("onnx", "torch"):
+        r = CliRunner().invoke(app, ["predict", str(run), folder, "--backend", backend])
+        assert r.exit_code == 0, r.output
+        rows = [json.loads(line) for line in r.output.splitlines() if line.startswith("{")]
+        paths[backend] = {row["image"]: [s["label"] for s in row["path"]] for row in rows}
+    assert len(paths["onnx"]) == 40 and paths["onnx"] == paths["torch"]
