@@ -46,9 +46,17 @@ def crawl_vinted_cmd(
     unisex: str = typer.Option(
         "relabel", "--unisex", help="Listing under Women and Men: relabel|keep-first|keep-both."
     ),
-    timeout: float = typer.Option(20.0, "--timeout", help="Seconds before a request is retried."),
+    timeout: float = typer.Option(
+        20.0, "--timeout", envvar="FASHION_TAGGER_CRAWL_TIMEOUT", help="Seconds before a retry."
+    ),
     block_pause: float = typer.Option(
-        60.0, "--block-pause", help="Seconds to pause when the bot wall answers."
+        60.0,
+        "--block-pause",
+        envvar="FASHION_TAGGER_CRAWL_BLOCK_PAUSE",
+        help="Seconds to pause when the bot wall answers.",
+    ),
+    save_every: int = typer.Option(
+        200, "--save-every", help="Rewrite the dataset manifest after this many new photos."
     ),
     progress: bool = PROGRESS,
     as_json: bool = typer.Option(False, "--json", help="Print the run's summary as JSON."),
@@ -78,6 +86,7 @@ def crawl_vinted_cmd(
         quality=quality,
         all_photos=all_photos,
         unisex=unisex,
+        save_every=save_every,
         politeness=Politeness(
             delay=delay,
             concurrency=concurrency,

@@ -87,6 +87,8 @@ class CrawlConfig:
             raise FashionTaggerError("--image-size must be between 16 and 4096 pixels")
         if not 1 <= self.quality <= 95:
             raise FashionTaggerError("--quality must be between 1 and 95")
+        if self.save_every < 1:
+            raise FashionTaggerError("--save-every must be at least 1")
         if self.unisex not in UNISEX_RULES:
             raise FashionTaggerError(f"--unisex must be one of {', '.join(UNISEX_RULES)}")
         if not self.base_url and self.domain.strip(".").lower() not in api.DOMAINS:
