@@ -20,7 +20,7 @@ from fashion_tagger.errors import DatasetError
 META = "meta-data.csv"
 PATHS = "image-path.mat"
 LEVELS = ["Category", "SubCategory"]
-IMAGE_DIRS = ("images", "ut-zap50k-images", ".")
+IMAGE_DIRS = ("images", "ut-zap50k-images", "ut-zap50k-images-square", ".")
 
 
 def read_image_paths(path: Path) -> list[str]:
