@@ -2,12 +2,13 @@
 from `Tagger.predict` output and the dataset labels (scikit-learn for the arithmetic)."""
 
 import json
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from run_fixtures import make_tiny_run
+from run_fixtures import shared_tiny_run
 from sklearn import metrics as skm
 from typer.testing import CliRunner
 
@@ -21,9 +22,13 @@ from fashion_tagger.rundir import RunDir
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """One trained run for the whole module (training is the slow part), with one test image
+    """The trained run shared by the test process (training is the slow part), with one test image
     broken after training: evaluation must count it, not crash."""
-    run_dir, data_dir = make_tiny_run(tmp_path_factory.mktemp("tiny"))
+    shared_run, shared_data = shared_tiny_run()
+    tmp = tmp_path_factory.mktemp("tiny")
+    # a private copy: these tests write report.html, thresholds and a broken image into it
+    run_dir, data_dir = tmp / "run", shutil.copytree(shared_data, tmp / "dataset")
+    shutil.copytree(shared_run, run_dir, ignore=shutil.ignore_patterns("checkpoints", "cache"))
     test = Dataset.open(data_dir).split("test")
     test.image_path(0).write_bytes(b"not an image")
     return run_dir, data_dir
