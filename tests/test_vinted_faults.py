@@ -50,6 +50,18 @@ def test_transient_faults_are_retried_and_nothing_is_lost(tmp_path, faults):
         assert fake.hits["/"] < 10  # ...only when needed
 
 
+def test_cookie_that_expires_with_time_is_fetched_again(tmp_path):
+    fake, result = _crawl(
+        tmp_path,
+        Faults(),
+        fake={"cookie_ttl": 0.2, "latency": 0.04, "page_cap": 1},
+        politeness={"concurrency": 1},
+    )
+    assert result.stopped == "done"
+    _complete(fake, result)
+    assert 1 < fake.hits["/"] < 9  # 8 search pages of 40+ ms: the 0.2 s cookie expires
+
+
 def test_retry_after_is_honoured(tmp_path):
     started = time.monotonic()
     fake, result = _crawl(tmp_path, Faults(rate_limit_every=6, retry_after=0.4))

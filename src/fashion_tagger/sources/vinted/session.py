@@ -15,7 +15,6 @@ import json
 import random
 import time
 from dataclasses import dataclass
-from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -165,14 +164,12 @@ class Session:
         return headers
 
     def _keep_cookies(self, resp: httpx.Response) -> None:
+        # `name=value; attributes`: parsed by hand, as SimpleCookie silently drops values with
+        # characters it dislikes, and a session cookie can hold anything.
         for header in resp.headers.get_list("set-cookie"):
-            jar: SimpleCookie = SimpleCookie()
-            try:
-                jar.load(header)
-            except Exception:
-                continue
-            for key, morsel in jar.items():
-                self.cookies[key] = morsel.value
+            name, sep, value = header.split(";", 1)[0].partition("=")
+            if sep and name.strip():
+                self.cookies[name.strip()] = value.strip()
 
     async def _refresh_cookie(self, seen_gen: int) -> None:
         async with self._cookie_lock:
