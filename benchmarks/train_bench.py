@@ -47,6 +47,7 @@ def parse_args() -> argparse.Namespace:
         "--skip", default="", help="comma-separated parts to skip: sample,heads,clothing"
     )
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     return p.parse_args()
 
 
@@ -164,24 +165,32 @@ def sample_check(args: argparse.Namespace, products: Path) -> dict:
 def run_heads(args: argparse.Namespace, products: Path) -> dict:
     from fashion_tagger.dataset.core import Dataset
     from fashion_tagger.rundir import RunDir
-    from fashion_tagger.training.train import epochs_for_budget, train
+    from fashion_tagger.training.train import plan_budget, train
 
     n_train = Dataset.open(products).split_counts().get("train", 0)
-    epochs = args.epochs or epochs_for_budget(
-        base_config(args, "unified", 1), n_train, args.minutes
+    epochs, fraction = (
+        (args.epochs, 1.0)
+        if args.epochs
+        else plan_budget(base_config(args, "unified", 1), n_train, args.minutes)
     )
-    print(f"{n_train} train images; {epochs} epochs per head for {args.minutes} min", flush=True)
+    print(
+        f"{n_train} train images; {epochs} epochs of {fraction:.0%} of them per head "
+        f"for {args.minutes} min",
+        flush=True,
+    )
     results = {}
     for head in args.heads.split(","):
         run_dir = args.out / "runs" / head
         if not (run_dir / "model.json").is_file():
             t = time.perf_counter()
-            train(products, run_dir, base_config(args, head, epochs))
+            config = replace(base_config(args, head, epochs), train_fraction=fraction)
+            train(products, run_dir, config)
             print(f"{head}: trained in {time.perf_counter() - t:.0f} s", flush=True)
         run = RunDir.open(run_dir)
         res = score(run_dir, products, "test", args.out / "cache")
         res["train_seconds"] = run.config["training"]["seconds"]
         res["epochs"] = run.config["training"]["epochs_run"]
+        res["train_fraction"] = run.config["training"].get("train_fraction", 1.0)
         res["throughput"] = run.config["training"]["throughput"]
         results[head] = res
         print(head, json.dumps(res), flush=True)
@@ -193,7 +202,7 @@ def run_clothing(args: argparse.Namespace) -> dict:
     from fashion_tagger.rundir import RunDir
     from fashion_tagger.sources.folders import import_folders
     from fashion_tagger.training.config import DataConfig
-    from fashion_tagger.training.train import epochs_for_budget, train
+    from fashion_tagger.training.train import plan_budget, train
 
     out = args.out / "clothing"
     if not (out / "items.parquet").is_file():
@@ -213,8 +222,8 @@ def run_clothing(args: argparse.Namespace) -> dict:
                 cache_dir=str(args.out / "cache"),
             ),
         )
-        epochs = epochs_for_budget(config, splits.get("train", 0), args.minutes)
-        train(out, run_dir, replace(config, epochs=max(epochs, 1)))
+        epochs, fraction = plan_budget(config, splits.get("train", 0), args.minutes)
+        train(out, run_dir, replace(config, epochs=epochs, train_fraction=fraction))
     run = RunDir.open(run_dir)
     return {
         "splits": splits,
@@ -226,7 +235,7 @@ def run_clothing(args: argparse.Namespace) -> dict:
 
 def table(results: dict) -> str:
     lines = [
-        "| head | epochs | train s | img/s | data % | "
+        "| head | epochs x share | train s | img/s | data % | "
         + " | ".join(f"{lv} acc / wF1" for lv in next(iter(results.values()))["levels"])
         + " | attr mAP |",
     ]
@@ -238,7 +247,7 @@ def table(results: dict) -> str:
         ]
         tp = r["throughput"]
         lines.append(
-            f"| {head} | {r['epochs']} | {r['train_seconds']:.0f} | {tp['images_per_s']:.0f} | {100 * tp['data_fraction']:.1f} | "
+            f"| {head} | {r['epochs']} x {r.get('train_fraction', 1.0):.2f} | {r['train_seconds']:.0f} | {tp['images_per_s']:.0f} | {100 * tp['data_fraction']:.1f} | "
             + " | ".join(cells)
             + f" | {100 * r.get('attribute_mAP', float('nan')):.1f} |"
         )
@@ -247,6 +256,10 @@ def table(results: dict) -> str:
 
 def main() -> None:
     args = parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     skip = set(filter(None, args.skip.split(",")))
     results: dict = {"args": {k: str(v) for k, v in vars(args).items()}}

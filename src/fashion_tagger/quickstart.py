@@ -78,7 +78,7 @@ def _train_config(kind: str, workers: int | None, progress: bool) -> TrainConfig
 def quickstart(
     data: str | Path | None = None,
     out: str | Path = DEFAULT_OUT,
-    minutes: float = 4.0,
+    minutes: float = 3.0,
     *,
     workers: int | None = None,
     progress: bool = True,
@@ -95,7 +95,7 @@ def quickstart(
     from fashion_tagger.evaluation import evaluate
     from fashion_tagger.inference.predict import predict_paths
     from fashion_tagger.rundir import RunDir
-    from fashion_tagger.training.train import epochs_for_budget, train
+    from fashion_tagger.training.train import plan_budget, train
 
     if minutes <= 0:
         raise FashionTaggerError("--minutes must be positive")
@@ -104,11 +104,10 @@ def quickstart(
     kind = detect_kind(src) if src is not None else "fashion-mnist"
     dataset_dir, run_dir = out / "dataset", out / "run"
     ds = _import(kind, src, dataset_dir, workers, progress)
-    if not any(ds.table.column("split").to_pylist()):
-        ds, _ = ops.split(ds, val=0.15, test=0.15, seed=0)
-        ds = ds.save()
-    elif "val" not in ds.split_counts():
-        ds, _ = ops.split(ds, val=0.15, test=0.0, seed=0, force=False)
+    counts = ds.split_counts()
+    if not counts.get("train") or not counts.get("val"):
+        # unsplit, or a source that only has some splits (e.g. a test-only CSV): split by item
+        ds, _ = ops.split(ds, val=0.15, test=0.15, seed=0, force=True)
         ds = ds.save()
 
     if (run_dir / "model.json").is_file():
@@ -116,8 +115,10 @@ def quickstart(
     else:
         config = _train_config(kind, workers, progress)
         n_train = ds.split_counts().get("train", 0)
-        epochs = epochs_for_budget(config, n_train, minutes)
-        config = replace(config, epochs=epochs, max_time=str(minutes * 1.5))
+        epochs, fraction = plan_budget(config, n_train, minutes)
+        config = replace(
+            config, epochs=epochs, train_fraction=fraction, max_time=str(minutes * 1.5)
+        )
         resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
         run = train(dataset_dir, run_dir, None if resume else config, resume=resume)
     split = "test" if "test" in ds.split_counts() else "val"

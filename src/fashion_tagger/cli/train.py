@@ -89,6 +89,9 @@ def train_cmd(
     checkpoint_every: int = typer.Option(
         200, "--checkpoint-every", help="Also checkpoint every N steps."
     ),
+    train_fraction: float = typer.Option(
+        1.0, "--train-fraction", help="Share of train batches per epoch (short budgets)."
+    ),
     progress: bool = PROGRESS,
     as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON."),
 ) -> None:
@@ -119,7 +122,7 @@ def train_cmd(
             epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
             schedule=schedule, label_smoothing=label_smoothing, precision=precision,
             devices=_devices(devices), num_nodes=num_nodes, seed=seed, max_time=max_time,
-            checkpoint_every=checkpoint_every, progress=progress,
+            checkpoint_every=checkpoint_every, train_fraction=train_fraction, progress=progress,
         )  # fmt: skip
         run = train(dataset_dir, out, config)
     summary = {
@@ -178,7 +181,7 @@ def quickstart_cmd(
     out: Path = typer.Option(
         Path("quickstart-out"), "--out", "-o", help="Where the dataset, run and predictions go."
     ),
-    minutes: float = typer.Option(4.0, "--minutes", help="Training time budget."),
+    minutes: float = typer.Option(3.0, "--minutes", help="Training time budget."),
     workers: int = typer.Option(None, "--workers", help="Decoding processes."),
     progress: bool = PROGRESS,
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),

@@ -164,6 +164,9 @@ class TrainConfig:
             `--devices`, `--num-nodes`.
         seed: for splits of batches, initialisation and augmentation. `--seed`.
         max_time: stop after this long (minutes or HH:MM:SS). `--max-time`.
+        train_fraction: share of the train batches seen per epoch (Lightning's
+            limit_train_batches), so a short time budget still ends its LR schedule.
+            `--train-fraction`.
         checkpoint_every: also save checkpoints/last.ckpt every this many steps, so a run killed
             mid-epoch resumes near where it stopped (0 = at epoch ends only).
             `--checkpoint-every`.
@@ -184,6 +187,7 @@ class TrainConfig:
     seed: int = 0
     max_time: str | None = None
     checkpoint_every: int = 200
+    train_fraction: float = 1.0
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -200,6 +204,7 @@ class TrainConfig:
         _check(self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}")
         _check(0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)")
         _check(self.num_nodes >= 1, "--num-nodes must be 1 or more")
+        _check(0 < self.train_fraction <= 1, "--train-fraction must be in (0, 1]")
         _check(self.checkpoint_every >= 0, "--checkpoint-every must be 0 or more")
         parse_max_time(self.max_time)
         if self.model.freeze_backbone and self.data.augment:

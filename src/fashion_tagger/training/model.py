@@ -11,6 +11,7 @@ number of levels), `multi` (independent heads per level) and `flat` (one softmax
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -274,7 +275,9 @@ def create_head(
 ) -> nn.Module:
     if kind not in _HEADS:
         raise ModelError(f"unknown head {kind!r}; choose one of {', '.join(list_heads())}")
-    return _HEADS[kind](in_features, taxonomy, num_attributes, **opts)
+    with warnings.catch_warnings():  # no attributes: a 0-output layer is fine, not worth a warning
+        warnings.filterwarnings("ignore", "Initializing zero-element tensors")
+        return _HEADS[kind](in_features, taxonomy, num_attributes, **opts)
 
 
 # -- the whole model --------------------------------------------------------------------------

@@ -338,6 +338,7 @@ def train(
         num_nodes=config.num_nodes,
         precision=config.precision,
         max_epochs=config.epochs,
+        limit_train_batches=config.train_fraction,
         max_time=parse_max_time(config.max_time),
         callbacks=cbs,
         logger=TensorBoardLogger(
@@ -441,11 +442,14 @@ def _find_lr(
     return lr
 
 
-def epochs_for_budget(config: TrainConfig, n_train: int, minutes: float, steps: int = 4) -> int:
-    """How many epochs fit in `minutes` on this machine, from a few timed training steps.
+def plan_budget(
+    config: TrainConfig, n_train: int, minutes: float, steps: int = 4
+) -> tuple[int, float]:
+    """(epochs, train_fraction) that fit in `minutes` on this machine, from a few timed steps.
 
     A time budget should end with a finished schedule (OneCycle/cosine reach their low learning
-    rate), so budgeted runs pick their epoch count up front; `max_time` stays as a safety cap.
+    rate), so budgeted runs size themselves up front; when not even one epoch fits, each epoch
+    sees a fraction of the train batches. `max_time` stays as a safety cap.
     """
     from fashion_tagger.training.model import create_backbone
 
@@ -465,6 +469,9 @@ def epochs_for_budget(config: TrainConfig, n_train: int, minutes: float, steps: 
         opt.zero_grad()
         times.append(time.perf_counter() - t)
     per_image = min(times[1:] or times) / config.batch_size
-    # validation (forward only, ~1/3 of a step) on a val split about a fifth of train
-    epoch_s = n_train * per_image * 1.1
-    return max(1, int(minutes * 60 * 0.85 / epoch_s))
+    # + validation (forward only, about a third of a step, on a split about a fifth of train)
+    epoch_s = max(n_train, 1) * per_image * 1.1
+    epochs = minutes * 60 * 0.85 / epoch_s
+    if epochs >= 1:
+        return int(epochs), 1.0
+    return 1, max(0.02, round(epochs, 3))
