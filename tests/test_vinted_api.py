@@ -205,3 +205,28 @@ def test_select_by_id_title_and_path():
     lines = categories.render_tree(roots, [x.id for x in leaves])
     assert lines[0] == "Women [1904] (10 items)"
     assert any("Home [1918]" in line and "(excluded)" in line for line in lines)
+
+
+def test_fake_server_faults_and_control_endpoints():
+    import httpx
+
+    from fashion_tagger.sources.vinted.fake_server import Faults
+
+    f = Faults.parse("rate_limit_every=7, retry_after=0.5")
+    assert (f.rate_limit_every, f.retry_after, f.server_error_every) == (7, 0.5, 0)
+    with pytest.raises(ValueError, match="unknown fault"):
+        Faults.parse("nope=1")
+    with FakeVinted(categories=1, items_per_category=1) as fake, httpx.Client() as client:
+        assert client.get(fake.url + "/").status_code == 200
+        assert client.get(fake.url + "/api/v2/catalog/items").status_code == 200  # cookie kept
+        fresh = httpx.get(fake.url + "/api/v2/catalog/items")
+        assert fresh.status_code == 401  # no cookie
+        r = client.post(fake.url + "/__faults", json={"server_error_every": 1})
+        assert r.json()["server_error_every"] == 1
+        assert client.get(fake.url + "/api/v2/items/1000000").status_code == 503
+        stats = client.get(fake.url + "/__stats").json()
+        assert stats["hits"]["/"] == 1 and stats["hits"]["/api/v2/catalog/items"] == 2
+        bad = fake.photo_url(1000000, 0).replace("?s=", "?s=x")
+        fake.faults.server_error_every = 0
+        assert client.get(bad).status_code == 403  # the signature is part of the URL
+        assert client.get(fake.photo_url(1000000, 0)).headers["content-type"] == "image/jpeg"
