@@ -160,13 +160,19 @@ def test_best_threshold_max_f1_and_target_precision():
     thr, p, r, _, note = metrics.best_threshold(y, s, target_precision=0.9)
     assert thr == 0.8 and p == 1.0 and r == pytest.approx(2 / 3) and note == ""
     # unreachable: max-F1 with a note
-    y2 = np.array([0, 1, 0, 1], bool)
-    s2 = np.array([0.9, 0.8, 0.7, 0.6])
+    y2 = np.array([0, 1, 1, 0, 0, 0], bool)
+    s2 = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
     thr, p, *_, note = metrics.best_threshold(y2, s2, target_precision=0.99)
-    assert "unreachable" in note and p < 0.99 and thr == 0.6
+    assert "unreachable" in note and p < 0.99 and thr == 0.7
     # no positive at all: default kept
     thr, *_, note = metrics.best_threshold(np.zeros(3, bool), s2[:3])
     assert thr == metrics.PAPER_THRESHOLD and "no positive" in note
+    # a model that ranks the one positive last: max F1 would label every image; keep the default
+    y3 = np.array([0, 0, 0, 0, 1], bool)
+    s3 = np.array([0.9, 0.8, 0.7, 0.6, 0.1])
+    thr, p, r, f, note = metrics.best_threshold(y3, s3)
+    assert thr == metrics.PAPER_THRESHOLD and "every image" in note
+    assert (p, r, f) == (0.0, 0.0, 0.0)  # the numbers at the kept default (0.9, 0.8 predicted)
 
 
 # -- hierarchy ----------------------------------------------------------------------------------

@@ -136,3 +136,9 @@ def calibrate_cmd(
         f"overall F1 on {r['split']}: {r['OF1']['before']:.3f} -> {r['OF1']['after']:.3f}; "
         f"wrote {r['model_json']}"
     )
+    if r["OF1"]["after"] < r["OF1"]["before"]:
+        console.print(
+            "[yellow]note[/]: each attribute's own F1 went up but the overall (micro) F1 went "
+            "down: rare attributes now get low thresholds. Use --target-precision to trade "
+            "recall for fewer false alarms."
+        )

@@ -233,14 +233,25 @@ def best_threshold(
     reaches it, the max-F1 one with a note. Ties in F1 go to the higher threshold (fewer false
     alarms for the same F1).
 
+    A max-F1 threshold that does no better than labelling every image with the attribute (a
+    rare attribute the model cannot rank: F1 = 2p/(1+p) at prevalence p) would only flood the
+    predictions with false alarms, so the default is kept instead, with a note.
+
     Returns:
         (threshold, precision, recall, f1, note); note is "" or says why the threshold was chosen.
     """
     y_true = np.asarray(y_true, dtype=bool)
     scores = np.asarray(scores, dtype=np.float64)
     n_pos = int(y_true.sum())
+
+    def keep_default(note: str) -> tuple[float, float, float, float, str]:
+        pred = scores >= PAPER_THRESHOLD
+        tp = float(np.sum(pred & y_true))
+        p, r = float(_ratio(tp, pred.sum())), float(_ratio(tp, n_pos))
+        return PAPER_THRESHOLD, p, r, float(_f1(np.float64(p), np.float64(r))), note
+
     if n_pos == 0:
-        return PAPER_THRESHOLD, 0.0, 0.0, 0.0, "no positive example: kept the default"
+        return keep_default("no positive example: kept the default")
     order = np.argsort(-scores, kind="mergesort")
     s, t = scores[order], y_true[order]
     tp = np.cumsum(t).astype(np.float64)
@@ -256,6 +267,9 @@ def best_threshold(
             i = int(ok[-1])  # thresholds descend: the last one reaching the target is the lowest
             return float(thr[i]), float(precision[i]), float(recall[i]), float(f1[i]), ""
     i = int(np.flatnonzero(f1 == f1.max())[0])  # first = highest threshold among ties
+    prevalence = n_pos / s.size
+    if f1[i] <= 2 * prevalence / (1 + prevalence) + 1e-9:
+        return keep_default("no threshold beats labelling every image: kept the default")
     note = (
         f"precision {target_precision:g} unreachable: max F1"
         if target_precision is not None
