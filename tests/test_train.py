@@ -198,3 +198,46 @@ def test_config_round_trip_and_max_time() -> None:
     assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     assert parse_max_time("90") == {"days": 0, "hours": 1, "minutes": 30, "seconds": 0}
     assert parse_max_time("0:00:30") == {"days": 0, "hours": 0, "minutes": 0, "seconds": 30}
+
+
+def test_detect_kind(tmp_path: Path) -> None:
+    import zipfile
+
+    from fashion_tagger.errors import FashionTaggerError
+    from fashion_tagger.quickstart import detect_kind
+
+    (tmp_path / "tree" / "a").mkdir(parents=True)
+    assert detect_kind(tmp_path / "tree") == "folders"
+    (tmp_path / "tree" / "styles.csv").write_text("id\n")
+    assert detect_kind(tmp_path / "tree") == "kaggle-products"
+    (tmp_path / "f.csv").write_text("label,pixel1\n")
+    assert detect_kind(tmp_path / "f.csv") == "fashion-mnist"
+    with zipfile.ZipFile(tmp_path / "k.zip", "w") as z:
+        z.writestr("x/styles.csv", "id\n")
+    assert detect_kind(tmp_path / "k.zip") == "kaggle-products"
+    with pytest.raises(FashionTaggerError, match="does not exist"):
+        detect_kind(tmp_path / "nope")
+
+
+def test_quickstart_on_a_folder_tree(tmp_path: Path) -> None:
+    import numpy as np
+    from run_fixtures import PATHS, draw_item
+
+    from fashion_tagger.quickstart import quickstart
+
+    rng = np.random.default_rng(0)
+    for i in range(60):
+        path = PATHS[i % len(PATHS)]
+        folder = tmp_path / "photos" / path[0] / path[1]
+        folder.mkdir(parents=True, exist_ok=True)
+        draw_item(path, bool(i % 2), False, rng).save(folder / f"{i}.png")
+    with one_thread():
+        s = quickstart(
+            tmp_path / "photos", tmp_path / "qs", minutes=0.05, workers=1, progress=False
+        )
+    assert s["kind"] == "folders" and s["split"] == "test"
+    for key in ("run_dir", "metrics", "report", "predictions"):
+        assert Path(s[key]).exists(), key
+    rows = [json.loads(line) for line in Path(s["predictions"]).read_text().splitlines()]
+    assert rows and all(r["path"] for r in rows)
+    assert len(s["accuracy"]) == 2 and all(0 <= v <= 1 for v in s["accuracy"].values())
