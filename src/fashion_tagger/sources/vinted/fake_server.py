@@ -295,7 +295,7 @@ class FakeVinted:
     def start(self) -> FakeVinted:
         self._server = _Server(("127.0.0.1", self.port), _handler(self))
         self.port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
         return self
 
     def stop(self) -> None:
