@@ -321,3 +321,25 @@ def test_responses_are_json_serialisable_floats():
 
     r = run(go())
     assert json.loads(r.text)["predictions"][0]["path"][1]["label"] == "green"
+
+
+def test_micro_batcher_restarts_after_close_and_keeps_the_model_on_its_own_thread():
+    import threading
+
+    names: list[str] = []
+
+    def model(x):
+        names.append(threading.current_thread().name)
+        return [x[:, 0, 0, 0]]
+
+    async def go():
+        b = MicroBatcher(model, max_batch=4, max_wait_ms=1)
+        first = await b.submit(np.ones((2, 1, 1, 1), np.float32))
+        await b.close()
+        second = await b.submit(np.full((1, 1, 1, 1), 3.0, np.float32))
+        await b.close()
+        return first, second
+
+    first, second = run(go())
+    assert first[0].tolist() == [1.0, 1.0] and second[0].tolist() == [3.0]
+    assert all(n.startswith("model") for n in names)

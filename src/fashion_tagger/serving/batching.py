@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -42,11 +43,16 @@ class MicroBatcher:
         self.on_batch = on_batch
         self._queue: asyncio.Queue[tuple[np.ndarray, asyncio.Future]] = asyncio.Queue()
         self._task: asyncio.Task | None = None
+        # The model has its own thread: it never waits behind image decoding queued in the
+        # loop's default executor, and one call runs at a time (the next batch forms meanwhile).
+        self._executor: ThreadPoolExecutor | None = None
 
     async def submit(self, x: np.ndarray) -> list[np.ndarray]:
         """Run the model on `x` (N, C, H, W) as part of some batch; return its N rows of outputs."""
         if len(x) == 0:
             raise ValueError("submit needs at least one image")
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._worker(), name="micro-batcher")
         loop = asyncio.get_running_loop()
@@ -67,6 +73,9 @@ class MicroBatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None
         while not self._queue.empty():
             _, fut = self._queue.get_nowait()
             if not fut.done():
@@ -113,7 +122,7 @@ class MicroBatcher:
         if self.on_batch is not None:
             self.on_batch(n)
         try:
-            outs = await asyncio.to_thread(self.fn, x)
+            outs = await asyncio.get_running_loop().run_in_executor(self._executor, self.fn, x)
         except Exception as exc:  # handed to each waiting request, which answers with it
             for _, fut in batch:
                 if not fut.done():
