@@ -105,8 +105,7 @@ def score(run_dir: Path, dataset_dir: Path, split: str, cache: Path) -> dict:
     preds, attr_p = [], []
     for i in range(0, len(arrays), 256):
         probs = tagger.predict_arrays(normalize(arrays.images[i : i + 256], spec))
-        leaf = tagger.path_scores(probs).argmax(1)
-        preds.append(tagger._leaf_idx[:, leaf].T)
+        preds.append(tagger.best_paths(probs))
         attr_p.append(probs.attributes)
     pred = np.concatenate(preds)
     out: dict = {"n": len(arrays), "levels": {}}

@@ -132,3 +132,13 @@ def test_pad_and_grey() -> None:
 
 def test_probs_length() -> None:
     assert len(Probs([np.zeros((4, 2))], np.zeros((4, 0)))) == 4
+
+
+def test_best_paths_match_decode() -> None:
+    spec = make_spec()
+    rng = np.random.default_rng(1)
+    levels = [rng.dirichlet(np.ones(n), size=4).astype(np.float32) for n in spec.taxonomy.sizes]
+    tagger = Tagger(spec, backend=lambda x: [*levels, np.zeros((4, 2), np.float32)])
+    probs = tagger.predict_arrays(np.zeros((4, 3, 32, 24), np.float32))
+    for row, pred in zip(tagger.best_paths(probs), tagger.decode(probs), strict=True):
+        assert list(spec.taxonomy.decode(row)) == pred.labels

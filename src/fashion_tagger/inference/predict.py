@@ -12,7 +12,7 @@ import glob
 import io
 import json
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import IO, Any
@@ -184,7 +184,7 @@ def predict_paths(
             )
         writer = _Writer(fmt, target, tagger.spec.level_names)
         bar = stack.enter_context(_progress.bar("predicting", total=len(files), enabled=progress))
-        for preds in _batches(tagger, files, batch_size, top_k):
+        for preds in tagger.iter_predict(files, batch_size=batch_size, top_k=top_k):
             writer.write(preds)
             n += len(preds)
             errors += sum(p.error is not None for p in preds)
@@ -199,9 +199,3 @@ def predict_paths(
         "out": str(out) if out is not None else None,
         "backend": tagger.backend_name,
     }
-
-
-def _batches(
-    tagger: Tagger, files: list[Path], batch_size: int, top_k: int
-) -> Iterator[list[Prediction]]:
-    yield from tagger.iter_predict(files, batch_size=batch_size, top_k=top_k)

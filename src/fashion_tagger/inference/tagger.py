@@ -162,6 +162,10 @@ class Tagger:
             scores[:, deep] += np.log(np.maximum(p[:, idx[deep]], _EPS))
         return scores
 
+    def best_paths(self, probs: Probs) -> np.ndarray:
+        """(N, L) class index per level of each image's best valid path, -1 below its depth."""
+        return self._leaf_idx[:, self.path_scores(probs).argmax(axis=1)].T
+
     def decode(
         self, probs: Probs, top_k: int = 5, names: Sequence[str | None] | None = None
     ) -> list[Prediction]:

@@ -41,7 +41,7 @@ TRAIN_CONFIG = "train_config.json"
 METRICS_CSV = "metrics.csv"
 
 
-def resolve_spec(ds: Dataset, config: TrainConfig, run_dir: Path) -> ModelSpec:
+def resolve_spec(ds: Dataset, config: TrainConfig) -> ModelSpec:
     """The model's input/taxonomy/attribute spec from the dataset and the config."""
     m, d = config.model, config.data
     defaults = backbone_data_config(m.backbone, d.channels)
@@ -271,12 +271,12 @@ def train(
     dataset_dir = Path(dataset_dir)
     pl.seed_everything(config.seed, workers=True, verbose=False)
     ds = Dataset.open(dataset_dir)
-    spec = resolve_spec(ds, config, run_dir)
+    spec = resolve_spec(ds, config)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         write_json_atomic(
             run_dir / TRAIN_CONFIG,
-            {"dataset_dir": str(dataset_dir), "config": config.to_dict()},
+            {"dataset_dir": str(dataset_dir.resolve()), "config": config.to_dict()},
         )
     cache_dir = Path(config.data.cache_dir) if config.data.cache_dir else run_dir / "cache"
 
