@@ -126,3 +126,20 @@ def test_duplicate_images_are_stored_once(tmp_path):
 )  # fmt: skip
 def test_is_safe_relpath(rel, ok):
     assert ingest.is_safe_relpath(rel) is ok
+
+
+def test_a_second_concurrent_import_into_the_same_dir_is_refused(tmp_path):
+    out = tmp_path / "ds"
+    running = ingest._State(out, "fp1")  # as an import in progress holds it
+    try:
+        with pytest.raises(DatasetError, match="another import is writing"):
+            _ingest(_records(2), out)
+    finally:
+        running.release()
+    assert len(_ingest(_records(2), out).dataset) == 2
+
+
+def test_stored_images_are_readable_by_others(tmp_path):
+    _ingest(_records(1), tmp_path / "ds")
+    (path,) = (tmp_path / "ds" / "images").rglob("*.png")
+    assert path.stat().st_mode & 0o044 == 0o044

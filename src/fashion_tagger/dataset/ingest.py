@@ -10,6 +10,7 @@ record already flushed, and images already in the store are not decoded again.
 from __future__ import annotations
 
 import collections
+import fcntl
 import hashlib
 import json
 import os
@@ -145,13 +146,28 @@ def _pool(workers: int) -> ProcessPoolExecutor | None:
 
 
 # -- main side --------------------------------------------------------------------------------
+def _lock(path: Path, out: Path) -> Any:
+    """Hold an exclusive lock on `path` while this import runs (released when the process ends):
+    two imports writing one dataset dir at once would interleave their part files."""
+    f = open(path, "a")  # noqa: SIM115 - kept open on purpose: the lock lives as long as the file
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise DatasetError(
+            f"another import is writing to {out} right now; wait for it to finish (or stop it)."
+        ) from None
+    return f
+
+
 class _State:
     """Part files and skipped records of an unfinished import, under `<out>/.import/`."""
 
     def __init__(self, out: Path, fp: str) -> None:
         self.dir = out / STATE_DIR
         state_file = self.dir / "state.json"
-        if state_file.is_file():
+        self.existed = state_file.is_file()
+        if self.existed:
             old = json.loads(state_file.read_text()).get("fingerprint")
             if old != fp:
                 raise DatasetError(
@@ -159,9 +175,14 @@ class _State:
                     f"the same arguments to resume, or delete {self.dir} to start over."
                 )
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._lock = _lock(self.dir / "lock", out)
         write_json_atomic(state_file, {"fingerprint": fp})
         self.parts = sorted(self.dir.glob("part-*.parquet"))
         self.skipped_path = self.dir / "skipped.jsonl"
+
+    def release(self) -> None:
+        """Let another import use this dir (closing the lock file drops the lock)."""
+        self._lock.close()
 
     def done_keys(self) -> set[str]:
         keys: set[str] = set()
@@ -243,119 +264,125 @@ def ingest(
         )
 
     state = _State(out, fp)
-    done = state.done_keys()
-    resumed = bool(done)
-    workers = workers or os.cpu_count() or 1
-    pool = _pool(workers)
-    in_flight: collections.deque[tuple[list[Record], Future | list]] = collections.deque()
-    rows: list[dict[str, Any]] = []
-    seen: set[str] = set()
-
-    def submit(batch: list[Record], datas: list[bytes]) -> None:
-        if pool is None:
-            in_flight.append((batch, _store_batch(str(out), datas)))
-        else:
-            in_flight.append((batch, pool.submit(_store_batch, str(out), datas)))
-
-    def drain_one(bar: _progress.Bar) -> None:
-        batch, fut = in_flight.popleft()
-        results = fut.result() if isinstance(fut, Future) else fut
-        skipped = []
-        for rec, res in zip(batch, results, strict=True):
-            if res[0] == "!":
-                skipped.append({"key": rec.key, "reason": res[1], "detail": res[2]})
-                continue
-            sha, ext, w, h = res
-            rows.append(
-                {
-                    "image": store.relpath(sha, ext),
-                    "sha256": sha,
-                    "item_id": rec.item_id,
-                    "labels": rec.labels,
-                    "attributes": rec.attributes,
-                    "split": rec.split,
-                    "source": kind,
-                    "source_url": rec.source_url,
-                    "width": w,
-                    "height": h,
-                    "meta": json.dumps(rec.meta, ensure_ascii=False, default=str),
-                    "_key": rec.key,
-                }
-            )
-        state.add_skipped(skipped)
-        bar.advance(len(batch))
-        if len(rows) >= FLUSH_ROWS:
-            state.flush(rows)
-            rows.clear()
-
     try:
-        with _progress.bar(f"import {kind}", total=total, enabled=progress) as bar:
-            batch: list[Record] = []
-            datas: list[bytes] = []
-            pre_skipped: list[dict[str, str]] = []
-            for rec in records:
-                if rec.key in done:
-                    bar.advance()
-                    continue
-                if rec.key in seen:
-                    raise DatasetError(f"importer bug: record key {rec.key!r} is not unique")
-                seen.add(rec.key)
-                data = None
-                if rec.error is None:
-                    try:
-                        data = rec.load() if rec.load else None
-                        if data is None:
-                            rec.error, rec.detail = "missing_image", "no image data"
-                    except (OSError, ValueError, KeyError) as exc:
-                        rec.error, rec.detail = "unreadable", str(exc)[:300]
-                if rec.error is not None:
-                    pre_skipped.append({"key": rec.key, "reason": rec.error, "detail": rec.detail})
-                    bar.advance()
-                    continue
-                batch.append(rec)
-                datas.append(data)
-                if len(batch) >= BATCH:
-                    submit(batch, datas)
-                    batch, datas = [], []
-                    state.add_skipped(pre_skipped)
-                    pre_skipped = []
-                    while len(in_flight) > 2 * workers:
-                        drain_one(bar)
-            if batch:
-                submit(batch, datas)
-            state.add_skipped(pre_skipped)
-            while in_flight:
-                drain_one(bar)
-            state.flush(rows)
-    except BaseException:
-        # Rows already drained have their image stored: keep them so a re-run skips them.
-        state.flush(rows)
-        raise
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+        done = state.done_keys()
+        resumed = state.existed
+        workers = workers or os.cpu_count() or 1
+        pool = _pool(workers)
+        in_flight: collections.deque[tuple[list[Record], Future | list]] = collections.deque()
+        rows: list[dict[str, Any]] = []
+        seen: set[str] = set()
 
-    table = state.table()
-    skipped = state.skipped()
-    reasons = collections.Counter(s["reason"] for s in skipped)
-    report = {
-        "kind": kind,
-        "source": source,
-        "imported": table.num_rows,
-        "skipped": len(skipped),
-        "reasons": dict(sorted(reasons.items())),
-        "skipped_records": skipped,
-    }
-    info = {
-        "name": name,
-        "levels": levels,
-        "sources": [{"kind": kind, "source": source, "imported_at": manifest.now()}],
-        "import": {"kind": kind, "fingerprint": fp},
-        **(extra_info or {}),
-    }
-    if table.num_rows == 0:
-        raise DatasetError(f"no usable image found in {source} ({len(skipped)} skipped)")
-    write_json_atomic(out / REPORT_FILE, report)
-    ds = Dataset.create(out, table, info)
-    shutil.rmtree(state.dir, ignore_errors=True)
-    return ImportResult(ds, report, resumed=resumed)
+        def submit(batch: list[Record], datas: list[bytes]) -> None:
+            if pool is None:
+                in_flight.append((batch, _store_batch(str(out), datas)))
+            else:
+                in_flight.append((batch, pool.submit(_store_batch, str(out), datas)))
+
+        def drain_one(bar: _progress.Bar) -> None:
+            batch, fut = in_flight.popleft()
+            results = fut.result() if isinstance(fut, Future) else fut
+            skipped = []
+            for rec, res in zip(batch, results, strict=True):
+                if res[0] == "!":
+                    skipped.append({"key": rec.key, "reason": res[1], "detail": res[2]})
+                    continue
+                sha, ext, w, h = res
+                rows.append(
+                    {
+                        "image": store.relpath(sha, ext),
+                        "sha256": sha,
+                        "item_id": rec.item_id,
+                        "labels": rec.labels,
+                        "attributes": rec.attributes,
+                        "split": rec.split,
+                        "source": kind,
+                        "source_url": rec.source_url,
+                        "width": w,
+                        "height": h,
+                        "meta": json.dumps(rec.meta, ensure_ascii=False, default=str),
+                        "_key": rec.key,
+                    }
+                )
+            state.add_skipped(skipped)
+            bar.advance(len(batch))
+            if len(rows) >= FLUSH_ROWS:
+                state.flush(rows)
+                rows.clear()
+
+        try:
+            with _progress.bar(f"import {kind}", total=total, enabled=progress) as bar:
+                batch: list[Record] = []
+                datas: list[bytes] = []
+                pre_skipped: list[dict[str, str]] = []
+                for rec in records:
+                    if rec.key in done:
+                        bar.advance()
+                        continue
+                    if rec.key in seen:
+                        raise DatasetError(f"importer bug: record key {rec.key!r} is not unique")
+                    seen.add(rec.key)
+                    data = None
+                    if rec.error is None:
+                        try:
+                            data = rec.load() if rec.load else None
+                            if data is None:
+                                rec.error, rec.detail = "missing_image", "no image data"
+                        except (OSError, ValueError, KeyError) as exc:
+                            rec.error, rec.detail = "unreadable", str(exc)[:300]
+                    if rec.error is not None:
+                        pre_skipped.append(
+                            {"key": rec.key, "reason": rec.error, "detail": rec.detail}
+                        )
+                        bar.advance()
+                        continue
+                    batch.append(rec)
+                    datas.append(data)
+                    if len(batch) >= BATCH:
+                        submit(batch, datas)
+                        batch, datas = [], []
+                        state.add_skipped(pre_skipped)
+                        pre_skipped = []
+                        while len(in_flight) > 2 * workers:
+                            drain_one(bar)
+                if batch:
+                    submit(batch, datas)
+                state.add_skipped(pre_skipped)
+                while in_flight:
+                    drain_one(bar)
+                state.flush(rows)
+        except BaseException:
+            # Rows already drained have their image stored: keep them so a re-run skips them.
+            state.flush(rows)
+            raise
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
+
+        table = state.table()
+        skipped = list({s["key"]: s for s in state.skipped()}.values())
+        reasons = collections.Counter(s["reason"] for s in skipped)
+        report = {
+            "kind": kind,
+            "source": source,
+            "imported": table.num_rows,
+            "skipped": len(skipped),
+            "reasons": dict(sorted(reasons.items())),
+            "skipped_records": skipped,
+        }
+        info = {
+            "name": name,
+            "levels": levels,
+            "sources": [{"kind": kind, "source": source, "imported_at": manifest.now()}],
+            "import": {"kind": kind, "fingerprint": fp},
+            **(extra_info or {}),
+        }
+        if table.num_rows == 0:
+            raise DatasetError(f"no usable image found in {source} ({len(skipped)} skipped)")
+        write_json_atomic(out / REPORT_FILE, report)
+        ds = Dataset.create(out, table, info)
+        state.release()
+        shutil.rmtree(state.dir, ignore_errors=True)
+        return ImportResult(ds, report, resumed=resumed)
+    finally:
+        state.release()

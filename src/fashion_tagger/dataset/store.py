@@ -9,6 +9,9 @@ from pathlib import Path
 
 IMAGES_DIR = "images"
 _made: set[str] = set()
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+_FILE_MODE = 0o666 & ~_UMASK
 
 
 def relpath(sha256: str, ext: str) -> str:
@@ -49,6 +52,7 @@ def put(
         folder = os.path.dirname(target)
         fd, tmp = _mkstemp(folder, f".{sha256}.")
         try:
+            os.fchmod(fd, _FILE_MODE)  # mkstemp makes 0600; images are as readable as any file
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 if durable:
