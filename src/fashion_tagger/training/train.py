@@ -15,6 +15,7 @@ import json
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -107,8 +108,9 @@ class StepTimer(pl.Callback):
     """Measures where training time goes: waiting for data vs running the step."""
 
     def __init__(self) -> None:
-        self.data_s = self.step_s = 0.0
+        self.data_s = self.step_s = self.cpu_s = 0.0
         self.images = 0
+        self._cpu_start = 0.0
         self._t_end: float | None = None
         self._t_start = 0.0
 
@@ -117,12 +119,14 @@ class StepTimer(pl.Callback):
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
         self._t_start = time.perf_counter()
+        self._cpu_start = time.process_time()
         if self._t_end is not None:
             self.data_s += self._t_start - self._t_end
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         self._t_end = time.perf_counter()
         self.step_s += self._t_end - self._t_start
+        self.cpu_s += time.process_time() - self._cpu_start
         self.images += len(batch[0])
 
     def summary(self) -> dict[str, float]:
@@ -132,6 +136,9 @@ class StepTimer(pl.Callback):
             "images_per_s": round(self.images / total, 1) if total else 0.0,
             "data_fraction": round(self.data_s / total, 4) if total else 0.0,
             "train_seconds": round(total, 1),
+            # CPU time of the steps (all threads): images per CPU-second does not depend on
+            # how busy a shared machine was
+            "images_per_cpu_s": round(self.images / self.cpu_s, 1) if self.cpu_s else 0.0,
         }
 
 
@@ -272,6 +279,8 @@ def train(
     pl.seed_everything(config.seed, workers=True, verbose=False)
     ds = Dataset.open(dataset_dir)
     spec = resolve_spec(ds, config)
+    # the saved config is the resolved one: the backbone's default size written out
+    config = replace(config, data=replace(config.data, image_size=spec.input_size))
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         write_json_atomic(
