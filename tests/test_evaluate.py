@@ -3,7 +3,6 @@ from `Tagger.predict` output and the dataset labels (scikit-learn for the arithm
 
 import json
 import shutil
-import subprocess
 import sys
 
 import numpy as np
@@ -12,7 +11,7 @@ from run_fixtures import shared_tiny_run
 from sklearn import metrics as skm
 from typer.testing import CliRunner
 
-from fashion_tagger.cli import app
+from fashion_tagger.cli import app, main
 from fashion_tagger.dataset.core import Dataset
 from fashion_tagger.evaluation import calibrate, evaluate
 from fashion_tagger.evaluation.evaluate import EvaluationError
@@ -174,16 +173,18 @@ def test_calibrate_stores_max_f1_thresholds(tiny, tmp_path):
         assert a["precision"] >= 0.95 or "unreachable" in a["note"]
 
 
-def test_user_errors_are_one_line(tiny):
+def test_user_errors_are_one_line(tiny, monkeypatch, capsys):
     run_dir, data_dir = tiny
     with pytest.raises(EvaluationError, match="--split"):
         evaluate(run_dir, data_dir, "nope", progress=False)
     with pytest.raises(EvaluationError, match="target-precision"):
         calibrate(run_dir, data_dir, target_precision=1.5)
-    out = subprocess.run(
-        [sys.executable, "-m", "fashion_tagger", "evaluate", str(run_dir), str(data_dir / "x")],
-        capture_output=True,
-        text=True,
+    # through the real entry point: one red line, exit 2, no traceback
+    monkeypatch.setattr(
+        sys, "argv", ["fashion-tagger", "evaluate", str(run_dir), str(data_dir / "x")]
     )
-    assert out.returncode == 2 and "Traceback" not in out.stderr
-    assert "does not exist" in out.stderr
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "Traceback" not in err
