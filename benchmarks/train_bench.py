@@ -44,7 +44,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--class-weights", default="sqrt", choices=["inverse", "sqrt", "none"])
     p.add_argument("--augment", action="store_true", help="train-time augmentation")
     p.add_argument(
-        "--skip", default="", help="comma-separated parts to skip: sample,heads,clothing"
+        "--skip", default="", help="comma-separated parts to skip: throughput,sample,heads,clothing"
     )
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
@@ -129,6 +129,44 @@ def score(run_dir: Path, dataset_dir: Path, split: str, cache: Path) -> dict:
                 ]
             )
         )
+    return out
+
+
+def throughput(args: argparse.Namespace, products: Path, steps: int = 12) -> dict:
+    """Training steps of the chosen configuration (unified head, real loss) on cached pixels:
+    wall and CPU time per image, per thread count."""
+    import torch
+
+    from fashion_tagger.dataset.core import Dataset
+    from fashion_tagger.training.model import build_model
+    from fashion_tagger.training.module import TaggerModule, hierarchy_loss
+    from fashion_tagger.training.train import resolve_spec
+
+    config = base_config(args, "unified", 1)
+    spec = resolve_spec(Dataset.open(products), config)
+    module = TaggerModule(build_model(spec), spec, config)
+    opt = torch.optim.AdamW(module.parameters(), lr=1e-3)
+    h, w = spec.input_size
+    x = torch.randint(0, 255, (args.batch_size, 3, h, w), dtype=torch.uint8)
+    levels = torch.stack([torch.randint(0, n, (args.batch_size,)) for n in spec.taxonomy.sizes], 1)
+    attrs = torch.zeros(args.batch_size, len(spec.attribute_names))
+    out = {}
+    for threads in sorted({1, torch.get_num_threads()}):
+        torch.set_num_threads(threads)
+        walls, cpus = [], []
+        for _ in range(steps):
+            t, c = time.perf_counter(), time.process_time()
+            loss, _, _ = hierarchy_loss(module(module._inputs(x, train=True)), levels, attrs)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            walls.append(time.perf_counter() - t)
+            cpus.append(time.process_time() - c)
+        wall, cpu = float(np.median(walls[2:])), float(np.median(cpus[2:]))
+        out[f"threads={threads}"] = {
+            "images_per_s": round(args.batch_size / wall, 1),
+            "images_per_cpu_s": round(args.batch_size / cpu, 1),
+        }
     return out
 
 
@@ -263,6 +301,9 @@ def main() -> None:
     skip = set(filter(None, args.skip.split(",")))
     results: dict = {"args": {k: str(v) for k, v in vars(args).items()}}
     products = prepare_products(args)
+    if "throughput" not in skip:
+        results["throughput"] = throughput(args, products)
+        print("throughput", json.dumps(results["throughput"]), flush=True)
     if "sample" not in skip:
         results["sample2000"] = sample_check(args, products)
         print("sample2000", json.dumps(results["sample2000"]), flush=True)
