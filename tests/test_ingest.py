@@ -143,3 +143,39 @@ def test_stored_images_are_readable_by_others(tmp_path):
     _ingest(_records(1), tmp_path / "ds")
     (path,) = (tmp_path / "ds" / "images").rglob("*.png")
     assert path.stat().st_mode & 0o044 == 0o044
+
+
+KILLED_IMPORT = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+from fashion_tagger.dataset import ingest
+from test_ingest import _records
+ingest.BATCH, ingest.FLUSH_ROWS = 2, 2
+
+def killed_after(n):
+    for i, rec in enumerate(_records(10)):
+        if i == n:
+            os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no finally: like kill -9
+        yield rec
+
+ingest.ingest(killed_after(7), {out!r}, kind="test", fp="fp1", name="t", levels=["l1", "l2"],
+              source="mem", workers=1, progress=False)
+"""
+
+
+def test_killed_import_resumes(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "ds"
+    code = KILLED_IMPORT.format(tests=str(Path(__file__).parent), out=str(out))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr
+    assert len(list((out / ingest.STATE_DIR).glob("part-*.parquet"))) >= 1
+    probed = []
+    real_probe = images.probe
+    monkeypatch.setattr(images, "probe", lambda d, sha=None: probed.append(1) or real_probe(d, sha))
+    result = _ingest(_records(10), out)
+    assert result.resumed and len(result.dataset) == 10
+    assert len(probed) == 10 - 6  # the six images stored before the kill are not decoded again
