@@ -146,7 +146,7 @@ def _csv_records(files: list[Path]) -> Iterator[Record]:
             if not header or header[0].strip().lower() != "label":
                 raise DatasetError(f"{path} is not in the Kaggle layout (label,pixel1..pixel784)")
             for i, row in enumerate(reader):
-                key = f"{split or path.stem}/{i}"
+                key = f"{path.name}/{i}"  # unique even if two files share a split
                 try:
                     label = int(row[0])
                     pixels = np.array(row[1:], dtype=np.int64)
@@ -156,8 +156,8 @@ def _csv_records(files: list[Path]) -> Iterator[Record]:
                     yield Record(key=key, labels=[], item_id="", error="malformed_csv_line",
                                  detail=f"{path.name} row {i + 1}: {exc}")  # fmt: skip
                     continue
-                rec = _record(split or path.stem, i, label, pixels.astype(np.uint8), path.name)
-                rec.split = split
+                rec = _record(path.stem, i, label, pixels.astype(np.uint8), path.name)
+                rec.key, rec.split = key, split
                 yield rec
 
 
