@@ -179,3 +179,15 @@ def test_killed_import_resumes(tmp_path, monkeypatch):
     result = _ingest(_records(10), out)
     assert result.resumed and len(result.dataset) == 10
     assert len(probed) == 10 - 6  # the six images stored before the kill are not decoded again
+
+
+def test_a_stored_file_cut_short_is_written_again(tmp_path, monkeypatch):
+    monkeypatch.setattr(ingest, "BATCH", 1)
+    out = tmp_path / "ds"
+    with pytest.raises(KeyboardInterrupt):
+        _ingest(_records(3, fail_after=2), out)
+    (stored, *_) = sorted((out / "images").rglob("*.png"))
+    full = stored.read_bytes()
+    stored.write_bytes(full[:20])  # as a power loss could leave it
+    _ingest(_records(3), out)
+    assert stored.read_bytes() == full

@@ -10,7 +10,6 @@ record already flushed, and images already in the store are not decoded again.
 from __future__ import annotations
 
 import collections
-import fcntl
 import hashlib
 import json
 import os
@@ -95,7 +94,7 @@ def _store_batch(root: str, batch: list[bytes]) -> list[tuple[Any, ...]]:
     out: list[tuple[Any, ...]] = []
     for data in batch:
         sha = hashlib.sha256(data).hexdigest()
-        known = _stored_info(root, sha, images.sniff_ext(data))
+        known = _stored_info(root, sha, images.sniff_ext(data), len(data))
         if known is not None:  # stored by an earlier (interrupted) run: header only, no decode
             out.append((sha, *known))
             continue
@@ -109,10 +108,12 @@ def _store_batch(root: str, batch: list[bytes]) -> list[tuple[Any, ...]]:
     return out
 
 
-def _stored_info(root: str, sha: str, ext: str | None) -> tuple[str, int, int] | None:
-    """Ext and oriented size of an image already in the store (validated when stored)."""
+def _stored_info(root: str, sha: str, ext: str | None, size: int) -> tuple[str, int, int] | None:
+    """Ext and oriented size of an image already in the store (validated when stored).
+
+    A file of the wrong length (cut short by a power loss before the sync) does not count."""
     path = store.find(root, sha, (ext,) if ext else _STORED_EXTS)
-    if path is None:
+    if path is None or os.path.getsize(path) != size:
         return None
     try:
         with Image.open(path) as img:
@@ -150,6 +151,10 @@ def _lock(path: Path, out: Path) -> Any:
     """Hold an exclusive lock on `path` while this import runs (released when the process ends):
     two imports writing one dataset dir at once would interleave their part files."""
     f = open(path, "a")  # noqa: SIM115 - kept open on purpose: the lock lives as long as the file
+    try:
+        import fcntl  # POSIX only; elsewhere imports are simply not guarded against each other
+    except ImportError:
+        return f
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
