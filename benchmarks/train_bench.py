@@ -36,6 +36,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--heads", default="flat,multi,unified", help="comma-separated heads to compare")
     p.add_argument("--minutes", type=float, default=8.0, help="training budget per head")
     p.add_argument("--epochs", type=int, default=0, help="fixed epochs (0 = fit --minutes)")
+    p.add_argument(
+        "--train-fraction",
+        type=float,
+        default=1.0,
+        help="share of batches per epoch, with --epochs",
+    )
     p.add_argument("--backbone", default="simple-cnn")
     p.add_argument("--image-size", default="80x64", help="HxW")
     p.add_argument("--batch-size", type=int, default=128)
@@ -206,7 +212,7 @@ def run_heads(args: argparse.Namespace, products: Path) -> dict:
 
     n_train = Dataset.open(products).split_counts().get("train", 0)
     epochs, fraction = (
-        (args.epochs, 1.0)
+        (args.epochs, args.train_fraction)
         if args.epochs
         else plan_budget(base_config(args, "unified", 1), n_train, args.minutes)
     )
