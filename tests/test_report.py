@@ -1,11 +1,11 @@
 """The HTML report: every section renders in headless Chromium, tables sort, nothing leaves the page."""
 
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from browser import chrome
 from PIL import Image
 
 from fashion_tagger.evaluation import report
@@ -13,27 +13,6 @@ from fashion_tagger.evaluation.scoring import encode_truth, score
 from fashion_tagger.taxonomy import Taxonomy
 
 SECTION_IDS = [sid for sid, _ in report.SECTIONS]
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-# the browser may not reach any host: names resolve nowhere, no background traffic
-OFFLINE = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
-]
-
-
-def _browser() -> str:
-    path = shutil.which("chromium") or (CHROMIUM if Path(CHROMIUM).exists() else None)
-    if not path:
-        pytest.fail("chromium is not installed: run `make browser` (CI installs it)")
-    return path
 
 
 def _metrics(tmp_path: Path, n_leaves_per_sub: int = 4) -> dict:
@@ -105,20 +84,10 @@ def test_self_contained_html(rendered):
 
 
 def test_sections_render_in_chromium_tables_sort_and_nothing_is_fetched(rendered, tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
-    _browser()
-    if not Path(CHROMEDRIVER).exists():
-        pytest.fail("chromedriver is not installed: run `make browser` (CI installs it)")
     _, path = rendered
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = _browser()
-    for arg in [*OFFLINE, f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,900"]:
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    try:
+    with chrome() as driver:
         driver.get(path.as_uri())
         for sid in SECTION_IDS:
             assert driver.find_element(By.ID, sid).is_displayed()
@@ -144,8 +113,6 @@ def test_sections_render_in_chromium_tables_sort_and_nothing_is_fetched(rendered
             "return performance.getEntriesByType('resource').map(e => e.name)"
         )
         assert [r for r in requests if not r.startswith(("data:", "file:"))] == []
-    finally:
-        driver.quit()
 
 
 def test_report_without_attributes_or_curves(tmp_path):
