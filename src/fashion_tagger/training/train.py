@@ -480,7 +480,6 @@ def plan_budget(
     per_image = min(times[1:] or times) / config.batch_size
     # + validation (forward only, about a third of a step, on a split about a fifth of train)
     epoch_s = max(n_train, 1) * per_image * 1.1
-    epochs = minutes * 60 * 0.85 / epoch_s
-    if epochs >= 1:
-        return int(epochs), 1.0
-    return 1, max(0.02, round(epochs, 3))
+    fit = minutes * 60 * 0.85 / epoch_s
+    epochs = max(1, round(fit))
+    return epochs, max(0.02, min(1.0, round(fit / epochs, 3)))
