@@ -210,11 +210,12 @@ def run_heads(args: argparse.Namespace, products: Path) -> dict:
     from fashion_tagger.rundir import RunDir
     from fashion_tagger.training.train import plan_budget, train
 
-    n_train = Dataset.open(products).split_counts().get("train", 0)
+    counts = Dataset.open(products).split_counts()
+    n_train, n_val = counts.get("train", 0), counts.get("val", 0)
     epochs, fraction = (
         (args.epochs, args.train_fraction)
         if args.epochs
-        else plan_budget(base_config(args, "unified", 1), n_train, args.minutes)
+        else plan_budget(base_config(args, "unified", 1), n_train, args.minutes, n_val)
     )
     print(
         f"{n_train} train images; {epochs} epochs of {fraction:.0%} of them per head "
@@ -265,7 +266,9 @@ def run_clothing(args: argparse.Namespace) -> dict:
                 cache_dir=str(args.out / "cache"),
             ),
         )
-        epochs, fraction = plan_budget(config, splits.get("train", 0), args.minutes)
+        epochs, fraction = plan_budget(
+            config, splits.get("train", 0), args.minutes, splits.get("val", 0)
+        )
         train(out, run_dir, replace(config, epochs=epochs, train_fraction=fraction))
     run = RunDir.open(run_dir)
     return {

@@ -63,7 +63,7 @@ def _train_config(kind: str, workers: int | None, progress: bool) -> TrainConfig
     if kind == "fashion-mnist":
         data = DataConfig(image_size=(32, 32), channels=1, workers=workers or 2)
     elif kind == "kaggle-products":
-        data = DataConfig(image_size=(80, 64), augment=True, workers=workers or 2)
+        data = DataConfig(image_size=(80, 64), class_weights="sqrt", workers=workers or 2)
     else:
         data = DataConfig(image_size=(64, 64), resize="pad", augment=True, workers=workers or 2)
     return TrainConfig(
@@ -115,7 +115,7 @@ def quickstart(
     else:
         config = _train_config(kind, workers, progress)
         n_train = ds.split_counts().get("train", 0)
-        epochs, fraction = plan_budget(config, n_train, minutes)
+        epochs, fraction = plan_budget(config, n_train, minutes, ds.split_counts().get("val", 0))
         config = replace(
             config, epochs=epochs, train_fraction=fraction, max_time=str(minutes * 1.5)
         )

@@ -452,7 +452,7 @@ def _find_lr(
 
 
 def plan_budget(
-    config: TrainConfig, n_train: int, minutes: float, steps: int = 4
+    config: TrainConfig, n_train: int, minutes: float, n_val: int | None = None, steps: int = 4
 ) -> tuple[int, float]:
     """(epochs, train_fraction) that fit in `minutes` on this machine, from a few timed steps.
 
@@ -478,8 +478,10 @@ def plan_budget(
         opt.zero_grad()
         times.append(time.perf_counter() - t)
     per_image = min(times[1:] or times) / config.batch_size
-    # + validation (forward only, about a third of a step, on a split about a fifth of train)
-    epoch_s = max(n_train, 1) * per_image * 1.1
-    fit = minutes * 60 * 0.85 / epoch_s
-    epochs = max(1, round(fit))
-    return epochs, max(0.02, min(1.0, round(fit / epochs, 3)))
+    budget = minutes * 60 * 0.85
+    train_s = max(n_train, 1) * per_image
+    # validation runs on the whole val split every epoch: forward only, about a third of a step
+    val_s = (n_train // 5 if n_val is None else n_val) * per_image / 3
+    epochs = max(1, round(budget / (train_s + val_s)))
+    fraction = (budget / epochs - val_s) / train_s
+    return epochs, max(0.02, min(1.0, round(fraction, 3)))
