@@ -347,7 +347,6 @@ def train(
         num_nodes=config.num_nodes,
         precision=config.precision,
         max_epochs=config.epochs,
-        limit_train_batches=config.train_fraction,
         max_time=parse_max_time(config.max_time),
         callbacks=cbs,
         logger=TensorBoardLogger(
@@ -373,6 +372,9 @@ def train(
         seed=config.seed,
         distributed=distributed,
     )
+    if config.train_fraction < 1:  # as a batch count, at least one, so tiny loaders work too
+        n = max(1, round(config.train_fraction * len(train_loader)))
+        trainer.limit_train_batches = n
     lr_found = None
     if config.lr == "auto" and not resume:
         lr_found = _find_lr(trainer, module, train_loader, val_loader, run_dir)
