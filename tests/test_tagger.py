@@ -90,7 +90,9 @@ def test_thresholds_come_from_model_json(tiny, tmp_path: Path) -> None:
 
 
 def test_onnx_backend_without_model_onnx_is_clear(tiny) -> None:
-    with pytest.raises(FashionTaggerError, match=r"no model\.onnx"):
+    with pytest.raises(
+        FashionTaggerError, match=r"no model\.onnx.*`fashion-tagger export \S+ --format onnx`"
+    ):
         Tagger.load(tiny[0], backend="onnx")
     with pytest.raises(FashionTaggerError, match="--backend"):
         Tagger.load(tiny[0], backend="tpu")

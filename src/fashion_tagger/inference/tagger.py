@@ -128,8 +128,8 @@ class Tagger:
         if backend == "onnx":
             if not (run.path / "model.onnx").is_file():
                 raise FashionTaggerError(
-                    f"{run.path} has no model.onnx; create it with `fashion-tagger export onnx "
-                    f"{run.path}` or use --backend torch"
+                    f"{run.path} has no model.onnx; create it with `fashion-tagger export "
+                    f"{run.path} --format onnx` or use --backend torch"
                 )
             from fashion_tagger.errors import require
 
