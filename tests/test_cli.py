@@ -54,3 +54,13 @@ def test_user_error_is_one_line_and_exit_2(tmp_path):
     assert out.returncode == 2
     assert "does not exist" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_public_api_names_resolve_lazily():
+    code = (
+        "import sys, fashion_tagger as ft; assert 'torch' not in sys.modules; "
+        "names = [getattr(ft, n) for n in ft.__all__]; "
+        "print(ft.list_importers()[:2], callable(ft.evaluate), callable(ft.train))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "['csv', 'fashion-mnist'] True True"

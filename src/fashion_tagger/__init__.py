@@ -17,6 +17,10 @@ __all__ = [
     "Taxonomy",
     "TrainConfig",
     "__version__",
+    "calibrate",
+    "evaluate",
+    "get_importer",
+    "list_importers",
     "train",
 ]
 
@@ -25,6 +29,10 @@ _LAZY = {
     "Tagger": "fashion_tagger.inference.tagger",
     "TrainConfig": "fashion_tagger.training.config",
     "train": "fashion_tagger.training.train",
+    "evaluate": "fashion_tagger.evaluation",
+    "calibrate": "fashion_tagger.evaluation",
+    "get_importer": "fashion_tagger.sources",
+    "list_importers": "fashion_tagger.sources",
 }
 
 
