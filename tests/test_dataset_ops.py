@@ -14,15 +14,8 @@ from typer.testing import CliRunner
 from fashion_tagger.cli import app
 from fashion_tagger.dataset import manifest, store
 from fashion_tagger.dataset.core import Dataset
-from fashion_tagger.dataset.ops import (
-    PHASH_FILE,
-    _item_classes,
-    dedup,
-    filter_dataset,
-    near_pairs,
-    relocate,
-    split,
-)
+from fashion_tagger.dataset.dedup import PHASH_FILE, dedup, near_pairs
+from fashion_tagger.dataset.ops import _item_classes, filter_dataset, relocate, split
 from fashion_tagger.errors import DatasetError
 
 LEVELS = ["masterCategory", "subCategory", "articleType"]

@@ -110,7 +110,7 @@ def dedup_cmd(
     Example: fashion-tagger dataset dedup data/products --near 4 --dry-run --json
     """
     from fashion_tagger.dataset.core import Dataset
-    from fashion_tagger.dataset.ops import dedup
+    from fashion_tagger.dataset.dedup import dedup
 
     ds, result = dedup(
         Dataset.open(directory), near=near, dry_run=dry_run, workers=workers, progress=progress
