@@ -1,8 +1,13 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of either."""
+"""Atomic file writes: a reader sees the old file or the new one, never half of either.
+
+The one place that writes temp file + rename for the whole package, the image store's per-image
+hot path included, so it sticks to `os` calls (pathlib showed in import profiles).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import tempfile
@@ -11,34 +16,61 @@ from pathlib import Path
 from typing import Any
 
 
+@functools.cache
+def _file_mode() -> int:
+    """The mode a plain open() gives a new file: 0666 less the umask (read once: reading sets it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _mkstemp(path: str) -> tuple[int, str]:
+    """A temp file beside `path` with a plain file's mode; its folder is made only if missing."""
+    folder, name = os.path.split(path)
+    folder = folder or "."
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    except FileNotFoundError:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    os.fchmod(fd, _file_mode())  # mkstemp makes 0600
+    return fd, tmp
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temp path beside `path`; on success it is fsynced and renamed over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _mkstemp(os.fspath(path))
     os.close(fd)
-    tmp_path = Path(tmp)
-    # mkstemp makes the file 0600; give it the mode a plain open() would (0666 less the umask)
-    os.chmod(tmp_path, 0o666 & ~_umask())
     try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as f:
+        yield Path(tmp)
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp_path, path)
+        os.replace(tmp, path)
     finally:
-        tmp_path.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, *, durable: bool = True) -> None:
+    """Write `data` to `path` atomically.
 
-
-def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+    Args:
+        durable: fsync before the rename. A caller writing many files (the image store) may pass
+            False and call `os.sync()` once before anything refers to them.
+    """
+    fd, tmp = _mkstemp(os.fspath(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from pathlib import Path
 
+from fashion_tagger._io import write_bytes_atomic
+
 IMAGES_DIR = "images"
-_made: set[str] = set()
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
-_FILE_MODE = 0o666 & ~_UMASK
 
 
 def relpath(sha256: str, ext: str) -> str:
@@ -49,33 +45,8 @@ def put(
     rel = relpath(sha256, ext)
     target = os.path.join(root, rel)
     if replace or not os.path.exists(target):
-        folder = os.path.dirname(target)
-        fd, tmp = _mkstemp(folder, f".{sha256}.")
-        try:
-            os.fchmod(fd, _FILE_MODE)  # mkstemp makes 0600; images are as readable as any file
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                if durable:
-                    f.flush()
-                    os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_bytes_atomic(target, data, durable=durable)
     return rel
-
-
-def _mkstemp(folder: str, prefix: str) -> tuple[int, str]:
-    """A temp file in `folder`, which is made once per process, not once per image."""
-    if folder not in _made:
-        os.makedirs(folder, exist_ok=True)
-        _made.add(folder)
-    try:
-        return tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=folder)
-    except FileNotFoundError:  # the folder was removed since (e.g. a dataset dir deleted)
-        os.makedirs(folder, exist_ok=True)
-        return tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=folder)
 
 
 def sync() -> None:
