@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ class Dataset:
     """A dataset dir: its items table, its description, and helpers to read images.
 
     Datasets are immutable values: operations return a new `Dataset`, and `save()` writes it.
+    Views derived from the table (labels, taxonomy, attribute names) are computed once.
 
     Example:
         >>> ds = Dataset.open("data/products")
@@ -81,21 +83,21 @@ class Dataset:
     def to_pandas(self) -> pd.DataFrame:
         return self.table.to_pandas()
 
-    @property
+    @cached_property
     def labels(self) -> list[list[str]]:
         return self.table.column("labels").to_pylist()
 
-    @property
+    @cached_property
     def level_names(self) -> tuple[str, ...]:
         depth = max((len(p) for p in self.labels), default=0)
         given = list(self.info.get("levels") or [])
         return tuple(given[:depth] + [f"level{d}" for d in range(len(given), depth)])
 
-    @property
+    @cached_property
     def taxonomy(self) -> Taxonomy:
         return Taxonomy.from_paths(self.labels, self.level_names)
 
-    @property
+    @cached_property
     def attribute_names(self) -> list[str]:
         """Every `group=value` attribute present, sorted."""
         values = pc.list_flatten(self.table.column("attributes")).to_pylist()
