@@ -81,6 +81,9 @@ def serve_cmd(
     backend: str = typer.Option(
         "auto", "--backend", help="auto (ONNX if model.onnx), torch, onnx."
     ),
+    decode_threads: int | None = typer.Option(
+        None, "--decode-threads", help="Threads decoding uploads (default: the usable cores)."
+    ),
 ) -> None:
     """Serve the model over HTTP: POST /v1/predict, GET /v1/model, /healthz, /metrics, and a
     web page at / to try it.
@@ -103,6 +106,7 @@ def serve_cmd(
         max_images=max_images,
         max_body_mb=max_body_mb,
         allow_private_urls=allow_private_urls,
+        decode_threads=decode_threads,
     )
     app_ = create_app(settings)
     predictor = TaggerPredictor.load(run_dir, backend)  # fail here, not inside the server

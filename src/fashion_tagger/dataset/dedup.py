@@ -9,7 +9,6 @@ smaller split is dropped. Rows are removed; image files are never deleted from t
 from __future__ import annotations
 
 import itertools
-import os
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -21,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fashion_tagger import _progress
+from fashion_tagger._cpu import usable_cores
 from fashion_tagger._io import atomic_path
 from fashion_tagger.dataset import manifest
 from fashion_tagger.dataset.core import Dataset
@@ -73,7 +73,7 @@ def phashes(
     todo = sorted(path_of)
     computed: dict[str, int] = {}
     if todo:
-        workers = max(1, min(workers or os.cpu_count() or 1, len(todo) // 64 or 1))
+        workers = max(1, min(workers or usable_cores(), len(todo) // 64 or 1))
         chunks = [todo[i : i + 64] for i in range(0, len(todo), 64)]
         pool = (
             ProcessPoolExecutor(workers, mp_context=get_context("spawn")) if workers > 1 else None

@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from fashion_tagger import _progress
+from fashion_tagger._cpu import usable_cores
 from fashion_tagger._io import atomic_path
 from fashion_tagger.dataset import images
 from fashion_tagger.dataset.core import Dataset
@@ -290,7 +291,7 @@ def export(
                 f"`fashion-tagger dataset split {ds.root} --val 0.1 --test 0.2 --force` first"
             )
     names = class_names(ds)
-    workers = workers or os.cpu_count() or 1
+    workers = workers or usable_cores()
     writer = {"folders": _to_folders, "zip": _to_zip, "hdf5": _to_hdf5}[fmt]
     with _progress.bar(f"export {fmt}", total=len(rows), enabled=progress) as bar:
         failed = writer(ds, rows, names, out, size, grayscale, workers, bar)

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from fashion_tagger import _progress
+from fashion_tagger._cpu import usable_cores
 from fashion_tagger._io import atomic_path, write_json_atomic
 from fashion_tagger.dataset import images, manifest, store
 from fashion_tagger.dataset.core import Dataset
@@ -272,7 +273,7 @@ def ingest(
     try:
         done = state.done_keys()
         resumed = state.existed
-        workers = workers or os.cpu_count() or 1
+        workers = workers or usable_cores()
         pool = _pool(workers)
         in_flight: collections.deque[tuple[list[Record], Future | list]] = collections.deque()
         rows: list[dict[str, Any]] = []

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -20,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from fashion_tagger._cpu import usable_cores
 from fashion_tagger._io import atomic_path
 from fashion_tagger.errors import FashionTaggerError, RunDirError, require
 
@@ -328,13 +328,6 @@ def export_onnx(
 
 
 # -- runtime ----------------------------------------------------------------------------------
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
 class OnnxBackend:
     """ONNX Runtime on CPU as a `Tagger` backend: `(N, C, H, W) float32 -> [level_0, ..., attributes]`.
 
@@ -352,7 +345,7 @@ class OnnxBackend:
             raise RunDirError(f"{self.path} does not exist; create it with `fashion-tagger export`")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads or _cores()
+        options.intra_op_num_threads = threads or usable_cores()
         options.inter_op_num_threads = 1
         # Idle ORT threads busy-wait for the next run by default; with spinning off they sleep,
         # leaving the cores to image decoding threads (predict, the service) and to neighbours.

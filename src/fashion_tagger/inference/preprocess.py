@@ -50,7 +50,11 @@ def normalize(arr: np.ndarray, spec: ModelSpec) -> np.ndarray:
     """uint8 (C, H, W) or (N, C, H, W) pixels to normalised float32."""
     mean = np.asarray(spec.mean, dtype=np.float32).reshape(-1, 1, 1)
     std = np.asarray(spec.std, dtype=np.float32).reshape(-1, 1, 1)
-    return ((arr.astype(np.float32) / 255.0 - mean) / std).astype(np.float32, copy=False)
+    # (x / 255 - mean) / std as one scale and one shift, in place: one new array, not four.
+    out = arr.astype(np.float32)
+    out *= 1.0 / (255.0 * std)
+    out -= mean / std
+    return out
 
 
 def preprocess(img: Image.Image, spec: ModelSpec) -> np.ndarray:

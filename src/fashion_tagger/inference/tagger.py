@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,14 @@ class Prediction:
         return [p["label"] for p in self.path]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The prediction as plain JSON-ready data (the rows are new dicts, safe to change)."""
+        return {
+            "image": self.image,
+            "path": [dict(p) for p in self.path],
+            "top_k": [dict(t) for t in self.top_k],
+            "attributes": [dict(a) for a in self.attributes],
+            "error": self.error,
+        }
 
 
 class TorchBackend:

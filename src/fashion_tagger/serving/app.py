@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from importlib import resources
 
@@ -19,6 +20,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fashion_tagger import __version__
+from fashion_tagger._cpu import usable_cores
 from fashion_tagger.serving.metrics import Metrics
 from fashion_tagger.serving.routers import health, model, page, predict
 from fashion_tagger.serving.settings import Settings
@@ -121,6 +123,14 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     return JSONResponse({"detail": "; ".join(parts) or "invalid request"}, status_code=422)
 
 
+def _decode_pool(settings: Settings) -> ThreadPoolExecutor:
+    """Where uploaded images decode: not asyncio's default pool (cores + 4 threads), since under
+    load more decoding threads than cores only fight the model's own threads for the CPU."""
+    return ThreadPoolExecutor(
+        max_workers=settings.decode_threads or usable_cores(), thread_name_prefix="decode"
+    )
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The service for `settings`; with `settings.run_dir` the model loads when the app starts."""
     settings = settings or Settings()
@@ -132,12 +142,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             from fashion_tagger.serving.predictor import TaggerPredictor
 
             app.state.predictor = TaggerPredictor.load(settings.run_dir, settings.backend)
+        app.state.decode_pool = _decode_pool(settings)  # a fresh one each time the app starts
         try:
             yield
         finally:
             batcher = getattr(app.state, "batcher", None)
             if batcher is not None:
                 await batcher.close()
+            app.state.decode_pool.shutdown(wait=False)
 
     app = FastAPI(
         title="fashion-tagger",
@@ -154,6 +166,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.predictor = None
     app.state.batcher = None
+    app.state.decode_pool = _decode_pool(settings)
     for r in (predict.router, model.router, health.router, page.router):
         app.include_router(r)
     static = resources.files("fashion_tagger.serving").joinpath("static")

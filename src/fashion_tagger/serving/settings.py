@@ -30,6 +30,9 @@ class Settings:
         url_timeout_s: time limit to fetch one URL, redirects included.
         url_max_redirects: redirects followed per URL, each one checked again.
         top_k: default number of best leaves returned per image.
+        decode_threads: threads that decode and preprocess uploaded images (None: the cores
+            this process may use). More threads than cores only make them fight the model's
+            own threads for the CPU.
     """
 
     run_dir: Path | None = None
@@ -42,6 +45,7 @@ class Settings:
     url_timeout_s: float = 10.0
     url_max_redirects: int = 3
     top_k: int = 5
+    decode_threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -60,6 +64,8 @@ class Settings:
             raise SettingsError("the URL time limit must be more than 0 seconds")
         if not 1 <= self.top_k <= 100:
             raise SettingsError("top_k must be between 1 and 100")
+        if self.decode_threads is not None and self.decode_threads < 1:
+            raise SettingsError("--decode-threads must be at least 1")
 
     @property
     def max_body_bytes(self) -> int:
