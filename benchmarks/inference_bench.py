@@ -5,7 +5,10 @@ head, a small 2-level taxonomy with attributes) and exported with `export_module
 `fashion-tagger export` does; parity is checked before timing. timm models get random weights
 (speed does not depend on them). `--run RUN_DIR` adds a trained run. Both runtimes use the same
 number of threads (all cores by default). Each figure is the best of `--repeat` timed loops of
-at least `--min-seconds`, after a warm-up, so a busy machine hurts less.
+at least `--min-seconds`, after a warm-up, so a busy machine hurts less. Each model's
+multiply-accumulates per image are counted, and both runtimes' rates are shown as a share of what
+the CPU sustains on a large float32 matrix product: a runtime near that roofline has little
+left to gain.
 
     python benchmarks/inference_bench.py                           # resnet50 + mobilenetv3 at 224
     python benchmarks/inference_bench.py --run runs/products --models
@@ -72,6 +75,52 @@ def timed(fn, x: np.ndarray, min_seconds: float, repeat: int) -> float:
     return best
 
 
+def macs_per_image(module, spec) -> float:
+    """Multiply-accumulates of one forward pass per image, counted on every Conv2d and Linear."""
+    import torch
+    from torch import nn
+
+    total = 0
+
+    def count(layer, inputs, out) -> None:
+        nonlocal total
+        if isinstance(layer, nn.Conv2d):
+            kh, kw = layer.kernel_size
+            total += out.numel() * layer.in_channels // layer.groups * kh * kw
+        else:
+            total += out.numel() * layer.in_features
+
+    hooks = [
+        m.register_forward_hook(count)
+        for m in module.modules()
+        if isinstance(m, nn.Conv2d | nn.Linear)
+    ]
+    try:
+        with torch.inference_mode():
+            module.probabilities(torch.zeros(2, spec.channels, *spec.input_size))
+    finally:
+        for h in hooks:
+            h.remove()
+    return total / 2
+
+
+def peak_gmacs(threads: int, n: int = 1024, seconds: float = 1.0) -> float:
+    """What this CPU sustains on a large float32 matrix product (GMAC/s): the roofline."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = 0.0
+    for _ in range(3):
+        k, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            torch.mm(a, b)
+            k += 1
+        best = max(best, k * n**3 / (time.perf_counter() - start) / 1e9)
+    return best
+
+
 def bench_model(name: str, module, spec, args, threads: int) -> list[dict]:
     import torch
 
@@ -82,6 +131,7 @@ def bench_model(name: str, module, spec, args, threads: int) -> list[dict]:
         parity = check_parity(module, spec, path, random_inputs=4)
         backend = OnnxBackend(path, threads=threads)
         rows = []
+        gmacs = macs_per_image(module, spec) / 1e9
         h, w = spec.input_size
         rng = np.random.default_rng(0)
         for batch in args.batches:
@@ -101,6 +151,9 @@ def bench_model(name: str, module, spec, args, threads: int) -> list[dict]:
                     "torch_eager_img_s": round(t, 1),
                     "onnxruntime_img_s": round(o, 1),
                     "speedup": round(o / t, 2),
+                    "gmac_per_image": round(gmacs, 3),
+                    "torch_eager_gmac_s": round(t * gmacs, 1),
+                    "onnxruntime_gmac_s": round(o * gmacs, 1),
                     "parity_max_abs_diff": parity.max_abs_diff,
                 }
             )
@@ -150,8 +203,10 @@ def main() -> None:
         spec = small_spec(name, args.size)
         torch.manual_seed(0)
         models.append((name + " (random weights)", build_model(spec).eval(), spec))
-    rows = []
+    rows, peaks = [], {}
     for threads in [t or len(os.sched_getaffinity(0)) for t in args.threads]:
+        peaks[threads] = round(peak_gmacs(threads), 1)
+        print(f"threads {threads}: matmul peak {peaks[threads]} GMAC/s", file=sys.stderr)
         torch.set_num_threads(threads)
         for name, module, spec in models:
             rows += [
@@ -159,20 +214,25 @@ def main() -> None:
             ]
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "matmul_peak_gmac_s": peaks,
         "rows": rows,
     }
     if args.json:
         print(json.dumps(result, indent=2))
         return
     print(
-        "| model | input | threads | batch | PyTorch eager (img/s) | ONNX Runtime (img/s) | speed-up |"
+        "| model | input | threads | batch | PyTorch eager (img/s) | ONNX Runtime (img/s) "
+        "| speed-up | eager / ORT, % of matmul peak |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
+        peak = peaks[r["threads"]]
         print(
             f"| {r['model']} | {r['input']} | {r['threads']} | {r['batch']} | {r['torch_eager_img_s']} | "
-            f"{r['onnxruntime_img_s']} | x{r['speedup']} |"
+            f"{r['onnxruntime_img_s']} | x{r['speedup']} | "
+            f"{100 * r['torch_eager_gmac_s'] / peak:.0f} / {100 * r['onnxruntime_gmac_s'] / peak:.0f} |"
         )
+    print("\nmatmul peak (GMAC/s): " + ", ".join(f"{t} threads {v}" for t, v in peaks.items()))
 
 
 if __name__ == "__main__":
