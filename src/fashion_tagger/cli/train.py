@@ -70,11 +70,18 @@ def train_cmd(
     weights: Path = typer.Option(
         None, "--weights", help="Local backbone weights (safetensors / state dict)."
     ),
-    class_weights: str = typer.Option("inverse", "--class-weights", help="inverse, sqrt or none."),
+    class_weights: str = typer.Option(
+        "inverse",
+        "--class-weights",
+        help="inverse (the paper: rare classes gain recall), sqrt (milder), or none (best "
+        "top-1 accuracy).",
+    ),
     augment: bool = typer.Option(
         False, "--augment", help="Flip, colour, shift-scale-rotate, blur, noise."
     ),
-    label_smoothing: float = typer.Option(0.0, "--label-smoothing"),
+    label_smoothing: float = typer.Option(
+        0.0, "--label-smoothing", help="Label smoothing of the level losses (e.g. 0.1)."
+    ),
     precision: str = typer.Option(
         "32-true", "--precision", help="Lightning precision, e.g. bf16-mixed."
     ),

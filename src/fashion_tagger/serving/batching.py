@@ -43,8 +43,8 @@ class MicroBatcher:
         self.on_batch = on_batch
         self._queue: asyncio.Queue[tuple[np.ndarray, asyncio.Future]] = asyncio.Queue()
         self._task: asyncio.Task | None = None
-        # The model has its own thread: it never waits behind image decoding queued in the
-        # loop's default executor, and one call runs at a time (the next batch forms meanwhile).
+        # The model has its own thread: it never waits behind image decoding queued in another
+        # pool, and one call runs at a time (the next batch forms meanwhile).
         self._executor: ThreadPoolExecutor | None = None
         # The batch is assembled in this buffer, reused from call to call (one runs at a time):
         # a fresh (32, 3, 224, 224) array per batch is 19 MB of new pages to fault in each time.
