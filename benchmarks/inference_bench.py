@@ -124,12 +124,25 @@ def peak_gmacs(threads: int, n: int = 1024, seconds: float = 1.0) -> float:
 def bench_model(name: str, module, spec, args, threads: int) -> list[dict]:
     import torch
 
-    from fashion_tagger.inference.onnx import OnnxBackend, check_parity, export_module
+    from fashion_tagger.inference.onnx import (
+        OnnxBackend,
+        check_parity,
+        export_module,
+        quantize_int8,
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         path = export_module(module, spec, Path(tmp) / "model.onnx")
         parity = check_parity(module, spec, path, random_inputs=4)
         backend = OnnxBackend(path, threads=threads)
+        int8 = None
+        if args.int8:
+            # Speed only: ranges from random inputs (the export calibrates on real images).
+            calib = np.random.default_rng(1).standard_normal((64, spec.channels, *spec.input_size))
+            int8 = OnnxBackend(
+                quantize_int8(path, Path(tmp) / "int8.onnx", calib.astype(np.float32)),
+                threads=threads,
+            )
         rows = []
         gmacs = macs_per_image(module, spec) / 1e9
         h, w = spec.input_size
@@ -143,6 +156,7 @@ def bench_model(name: str, module, spec, args, threads: int) -> list[dict]:
 
             t = timed(eager, x, args.min_seconds, args.repeat)
             o = timed(backend, x, args.min_seconds, args.repeat)
+            q = timed(int8, x, args.min_seconds, args.repeat) if int8 else None
             rows.append(
                 {
                     "model": name,
@@ -151,6 +165,8 @@ def bench_model(name: str, module, spec, args, threads: int) -> list[dict]:
                     "torch_eager_img_s": round(t, 1),
                     "onnxruntime_img_s": round(o, 1),
                     "speedup": round(o / t, 2),
+                    "onnxruntime_int8_img_s": round(q, 1) if q else None,
+                    "int8_speedup": round(q / t, 2) if q else None,
                     "gmac_per_image": round(gmacs, 3),
                     "torch_eager_gmac_s": round(t * gmacs, 1),
                     "onnxruntime_gmac_s": round(o * gmacs, 1),
@@ -159,7 +175,8 @@ def bench_model(name: str, module, spec, args, threads: int) -> list[dict]:
             )
             print(
                 f"{name:28s} {h}x{w} threads {threads} batch {batch:3d}: eager {t:8.1f} img/s  "
-                f"onnxruntime {o:8.1f} img/s  x{o / t:.2f}",
+                f"onnxruntime {o:8.1f} img/s  x{o / t:.2f}"
+                + (f"  int8 {q:8.1f} img/s  x{q / t:.2f}" if q else ""),
                 file=sys.stderr,
             )
         return rows
@@ -187,6 +204,11 @@ def main() -> None:
         default=[0],
         help="Threads for both runtimes, one figure per value (0: all cores). On a busy machine "
         "use 1: OpenMP threads that lose their core make eager PyTorch collapse.",
+    )
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="Also time the int8 graph (`export --quantize int8`), calibrated on random inputs.",
     )
     p.add_argument("--json", action="store_true", help="Print the results as JSON.")
     args = p.parse_args()
@@ -222,15 +244,17 @@ def main() -> None:
         return
     print(
         "| model | input | threads | batch | PyTorch eager (img/s) | ONNX Runtime (img/s) "
-        "| speed-up | eager / ORT, % of matmul peak |"
+        "| speed-up | eager / ORT, % of matmul peak | ORT int8 (img/s) | int8 speed-up |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         peak = peaks[r["threads"]]
         print(
             f"| {r['model']} | {r['input']} | {r['threads']} | {r['batch']} | {r['torch_eager_img_s']} | "
             f"{r['onnxruntime_img_s']} | x{r['speedup']} | "
-            f"{100 * r['torch_eager_gmac_s'] / peak:.0f} / {100 * r['onnxruntime_gmac_s'] / peak:.0f} |"
+            f"{100 * r['torch_eager_gmac_s'] / peak:.0f} / {100 * r['onnxruntime_gmac_s'] / peak:.0f} | "
+            f"{r['onnxruntime_int8_img_s'] or '-'} | "
+            + (f"x{r['int8_speedup']} |" if r["int8_speedup"] else "- |")
         )
     print("\nmatmul peak (GMAC/s): " + ", ".join(f"{t} threads {v}" for t, v in peaks.items()))
 

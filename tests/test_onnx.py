@@ -187,3 +187,81 @@ def test_predict_verb_gives_the_same_paths_with_both_backends(run, dataset, expo
         rows = [json.loads(line) for line in r.output.splitlines() if line.startswith("{")]
         paths[backend] = {row["image"]: [s["label"] for s in row["path"]] for row in rows}
     assert len(paths["onnx"]) == 40 and paths["onnx"] == paths["torch"]
+
+
+# -- int8 --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained() -> tuple[Path, Path]:
+    from run_fixtures import shared_tiny_run
+
+    return shared_tiny_run()  # trained: its paths are clear-cut, as a real model's are
+
+
+def test_int8_export_is_quantised_keeps_the_paths_and_the_metadata(tmp_path, trained):
+    import onnx
+
+    run_dir, _ = trained
+    result = export_onnx(run_dir, tmp_path / "q.onnx", quantize="int8", calibration_images=32)
+    p = result.parity
+    assert p.quantization == "int8" and p.ok and p.random_inputs == 0 and p.real_images > 0
+    assert p.path_mismatches <= 0.02 * p.images
+    ops = {n.op_type for n in onnx.load(str(result.path)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    meta = read_metadata(result.path)
+    assert meta["quantization"] == "int8"
+    assert meta["taxonomy"] == Tagger.load(run_dir, "torch").spec.taxonomy.to_dict()
+    # through the normal backend, the int8 graph tags real images as PyTorch does
+    _, dataset_dir = trained
+    ds = Dataset.open(dataset_dir)
+    images = [ds.image_path(i) for i in range(len(ds)) if ds.table["split"][i].as_py() == "test"]
+    torch_paths = [p.labels for p in Tagger.load(run_dir, "torch").predict(images)]
+    int8 = Tagger.load(run_dir, "torch")
+    int8.backend = OnnxBackend(result.path)
+    int8_paths = [p.labels for p in int8.predict(images)]
+    same = sum(a == b for a, b in zip(torch_paths, int8_paths, strict=True))
+    assert len(images) >= 30 and same >= 0.95 * len(images)
+    assert result.to_dict()["quantization"] == "int8"
+
+
+def test_int8_export_refuses_to_write_a_graph_that_changes_answers(tmp_path, trained):
+    run_dir, _ = trained
+    out = tmp_path / "q.onnx"
+    with pytest.raises(fonnx.ParityError, match="changes the predicted path") as exc:
+        export_onnx(run_dir, out, quantize="int8", calibration_images=16, max_path_mismatch=-1)
+    assert exc.value.report.quantization == "int8"
+    assert not out.exists() and not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_int8_export_needs_real_images_and_a_known_scheme(tmp_path, trained, monkeypatch):
+    from fashion_tagger.errors import FashionTaggerError
+
+    run_dir, _ = trained
+    with pytest.raises(FashionTaggerError, match="--quantize"):
+        export_onnx(run_dir, tmp_path / "q.onnx", quantize="int4")
+    monkeypatch.setattr(fonnx, "_dataset_images", lambda run, limit, split="test": ([], None))
+    with pytest.raises(FashionTaggerError, match="needs real images"):
+        export_onnx(run_dir, tmp_path / "q.onnx", quantize="int8")
+
+
+def test_cli_export_int8_json(tmp_path, trained):
+    run_dir, _ = trained
+    out = tmp_path / "q.onnx"
+    r = CliRunner().invoke(
+        app,
+        [
+            "export",
+            str(run_dir),
+            "--out",
+            str(out),
+            "--quantize",
+            "int8",
+            "--json",
+            "--no-progress",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    body = json.loads(r.output)
+    assert (
+        body["ok"] and body["quantization"] == "int8" and body["parity"]["quantization"] == "int8"
+    )
+    assert Tagger.load(run_dir, "torch").spec.model_id == OnnxBackend(out).model_id
