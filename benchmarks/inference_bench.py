@@ -13,6 +13,7 @@ left to gain.
     python benchmarks/inference_bench.py                           # resnet50 + mobilenetv3 at 224
     python benchmarks/inference_bench.py --run runs/products --models
     python benchmarks/inference_bench.py --models mobilenetv3_large_100 --batches 1 8 --json
+    python benchmarks/inference_bench.py --run runs/products --int8     # + `export --quantize int8`
 """
 
 from __future__ import annotations
