@@ -243,25 +243,19 @@ def test_int8_export_needs_real_images_and_a_known_scheme(tmp_path, trained, mon
         export_onnx(run_dir, tmp_path / "q.onnx", quantize="int8")
 
 
-def test_cli_export_int8_json(tmp_path, trained):
-    run_dir, _ = trained
-    out = tmp_path / "q.onnx"
+def test_cli_export_int8_json_and_the_service_says_so(tmp_path, trained):
+    from fashion_tagger.serving.predictor import TaggerPredictor
+
+    run_dir = shutil.copytree(trained[0], tmp_path / "run")
     r = CliRunner().invoke(
-        app,
-        [
-            "export",
-            str(run_dir),
-            "--out",
-            str(out),
-            "--quantize",
-            "int8",
-            "--json",
-            "--no-progress",
-        ],
+        app, ["export", str(run_dir), "--quantize", "int8", "--json", "--no-progress"]
     )
     assert r.exit_code == 0, r.output
     body = json.loads(r.output)
     assert (
         body["ok"] and body["quantization"] == "int8" and body["parity"]["quantization"] == "int8"
     )
-    assert Tagger.load(run_dir, "torch").spec.model_id == OnnxBackend(out).model_id
+    assert body["path"] == str(run_dir / "model.onnx")
+    served = TaggerPredictor.load(run_dir)  # auto: the int8 model.onnx
+    assert served.backend_name == "onnx" and served.info()["quantization"] == "int8"
+    assert TaggerPredictor.load(run_dir, "torch").info()["quantization"] is None

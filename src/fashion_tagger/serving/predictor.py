@@ -58,6 +58,9 @@ class TaggerPredictor:
         return {
             "model_id": self.model_id,
             "backend": self.backend_name,
+            "quantization": (getattr(self.tagger.backend, "metadata", None) or {}).get(
+                "quantization"
+            ),
             "backbone": dict(s.backbone),
             "head": dict(s.head),
             "input": {

@@ -62,6 +62,9 @@ class ModelAttributes(BaseModel):
 class ModelInfo(BaseModel):
     model_id: str
     backend: str
+    quantization: str | None = Field(
+        None, description="int8 when the ONNX graph was exported with --quantize int8."
+    )
     backbone: dict[str, Any]
     head: dict[str, Any]
     input: ModelInput
