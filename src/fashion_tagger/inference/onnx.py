@@ -390,7 +390,8 @@ def export_onnx(
     if quantize is not None and quantize not in QUANTIZE:
         raise FashionTaggerError(f"--quantize {quantize!r}: use {', '.join(QUANTIZE)}")
     if images is not None:
-        files, source = _image_files(Path(images), max(max_images, calibration_images)), str(images)
+        limit = max(max_images, calibration_images) if quantize else max_images
+        files, source = _image_files(Path(images), limit), str(images)
         calib_files = files
     else:
         files, source = _dataset_images(run, max_images)
