@@ -114,19 +114,21 @@ def quickstart(
         # unsplit, or a source that only has some splits (e.g. a test-only CSV): split by item
         ds, _ = ops.split(ds, val=0.15, test=0.15, seed=0, force=True)
         ds = ds.save()
+        counts = ds.split_counts()
 
     if (run_dir / "model.json").is_file():
         run = RunDir.open(run_dir)
     else:
         config = _train_config(kind, workers, progress)
-        n_train = ds.split_counts().get("train", 0)
-        epochs, fraction = plan_budget(config, n_train, minutes, ds.split_counts().get("val", 0))
+        epochs, fraction = plan_budget(
+            config, counts.get("train", 0), minutes, counts.get("val", 0)
+        )
         config = replace(
             config, epochs=epochs, train_fraction=fraction, max_time=str(minutes * 1.5)
         )
         resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
         run = train(dataset_dir, run_dir, None if resume else config, resume=resume)
-    split = "test" if "test" in ds.split_counts() else "val"
+    split = "test" if "test" in counts else "val"
     metrics = evaluate(run.path, dataset_dir, split=split, progress=progress)
     test = ds.split(split)
     sample = [test.image_path(i) for i in range(min(PREDICT_N, len(test)))]
