@@ -22,6 +22,12 @@ def _verbs(cmd=None, prefix=()):
 VERBS = sorted(_verbs())
 
 
+def fresh_python(code: str) -> str:
+    """What `code` prints in a new interpreter (so imports made by other tests do not count)."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
 def test_the_pipeline_verbs_exist():
     names = {" ".join(v) for v in VERBS}
     assert {"import folders", "dataset info"} <= names
@@ -41,8 +47,7 @@ def test_help_does_not_import_torch():
         "from typer.main import get_command; get_command(app); "
         "print('torch' in sys.modules)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert fresh_python(code) == "False"
 
 
 def test_user_error_is_one_line_and_exit_2(tmp_path):
@@ -62,5 +67,4 @@ def test_public_api_names_resolve_lazily():
         "names = [getattr(ft, n) for n in ft.__all__]; "
         "print(ft.list_importers()[:2], callable(ft.evaluate), callable(ft.train))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "['csv', 'fashion-mnist'] True True"
+    assert fresh_python(code) == "['csv', 'fashion-mnist'] True True"
