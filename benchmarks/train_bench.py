@@ -5,7 +5,8 @@ Steps (each skipped when its output already exists, so a re-run only trains what
    test 0.15, seed 0);
 2. the 2,000-image check: `train` on a 2,000-image stratified sample, one epoch, simple-cnn;
 3. for each head: train the same backbone for the same number of epochs (sized to fit
-   `--minutes` on this machine by timing a few steps, with `--minutes` x 1.5 as a hard cap);
+   `--minutes` on this machine by timing a few steps; `--minutes` is also each run's
+   `max_time`, so the LR schedule follows the clock when the machine is slower than planned);
    then test accuracy and weighted F1 per level (scikit-learn), attribute mAP, training time,
    throughput (images/s) and the share of each step spent waiting for data;
 4. clothing-dataset-small: train on its train folder, accuracy on its validation folder.
@@ -54,7 +55,13 @@ def parse_args() -> argparse.Namespace:
         help="none maximises accuracy; inverse/sqrt trade it for rare-class recall (macro F1)",
     )
     p.add_argument("--label-smoothing", type=float, default=0.1)
-    p.add_argument("--augment", action="store_true", help="train-time augmentation")
+    p.add_argument(
+        "--augment",
+        default="none",
+        choices=["none", "light", "full"],
+        help="train-time augmentation: light = flip + 2-pixel shift, full = also colour, "
+        "rotation, scale, blur, noise",
+    )
     p.add_argument(
         "--skip", default="", help="comma-separated parts to skip: throughput,sample,heads,clothing"
     )
@@ -97,7 +104,7 @@ def base_config(args: argparse.Namespace, head: str, epochs: int):
         batch_size=args.batch_size,
         lr=args.lr,
         label_smoothing=args.label_smoothing,
-        max_time=str(args.minutes * 1.5),
+        max_time=str(args.minutes),
         checkpoint_every=0,
         progress=False,
     )
@@ -269,7 +276,7 @@ def run_clothing(args: argparse.Namespace) -> dict:
             data=DataConfig(
                 image_size=(64, 64),
                 resize="pad",
-                augment=True,
+                augment="full",
                 workers=args.workers,
                 cache_dir=str(args.out / "cache"),
             ),

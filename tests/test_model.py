@@ -11,7 +11,7 @@ from test_rundir import make_spec
 
 from fashion_tagger.rundir import save_model
 from fashion_tagger.taxonomy import Taxonomy
-from fashion_tagger.training.data import augment, class_weights
+from fashion_tagger.training.data import augment, augment_light, class_weights
 from fashion_tagger.training.model import (
     ModelError,
     SimpleCNN,
@@ -165,3 +165,26 @@ def test_augment_keeps_shape_and_range() -> None:
     y = augment(x, torch.Generator().manual_seed(0))
     assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1
     assert not torch.allclose(x, y)
+
+
+def test_augment_light_is_a_flip_and_a_small_shift_of_each_image() -> None:
+    n, h, w, p = 64, 12, 10, 2
+    x = torch.rand(n, 3, h, w)
+    y = augment_light(x, torch.Generator().manual_seed(0), pixels=p)
+    assert y.shape == x.shape
+    padded = torch.nn.functional.pad(x, (p,) * 4, mode="replicate")
+    seen = set()
+    for i in range(n):
+        found = [
+            (flip, dy, dx)
+            for flip in (False, True)
+            for dy in range(2 * p + 1)
+            for dx in range(2 * p + 1)
+            if torch.equal(
+                y[i],
+                (padded[i].flip(2) if flip else padded[i])[:, dy : dy + h, dx : dx + w],
+            )
+        ]
+        assert found, f"image {i} is not a flipped and shifted copy"
+        seen.add(found[0])
+    assert len({f for f, _, _ in seen}) == 2 and len(seen) > 10  # both flips, many shifts

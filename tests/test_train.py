@@ -112,6 +112,30 @@ def test_resume_after_crash_mid_epoch_finishes_the_planned_epochs(
     assert RunDir.open(run_dir).spec.taxonomy.depth == 2
 
 
+class LastLR(pl.Callback):
+    def on_train_end(self, trainer, module) -> None:
+        self.lr = trainer.optimizers[0].param_groups[0]["lr"]
+        self.step = trainer.global_step
+        self.total = trainer.estimated_stepping_batches
+
+
+def test_a_time_budget_ends_on_time_with_the_schedule_finished(small: Path, tmp_path: Path) -> None:
+    # 500 planned epochs cannot fit in 3 seconds: the clock moves the OneCycle schedule on and
+    # stops the run, which still validates once more and saves its model
+    last = LastLR()
+    with one_thread():
+        run = train(
+            small, tmp_path / "run", quick(epochs=500, max_time="0:00:03"), callbacks=[last]
+        )
+    t = run.config["training"]
+    assert t["seconds"] < 3 + 10  # the budget, plus one validation and Lightning's teardown
+    assert last.step < last.total / 10  # stopped by the clock, far from the planned steps
+    assert last.lr < 3e-3 * 1e-5  # annealed to OneCycle's floor (peak / 2.5e5): finished
+    with open(tmp_path / "run" / "logs" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert rows[-1]["val_acc_leaf"] != "" and int(rows[-1]["step"]) == last.step
+
+
 def test_resume_needs_a_started_run(tmp_path: Path) -> None:
     with pytest.raises(RunDirError, match="cannot resume"):
         train(None, tmp_path, resume=True)
@@ -179,6 +203,7 @@ def test_cli_train_json_and_existing_run_error(small: Path, tmp_path: Path) -> N
         (lambda: ModelConfig(pretrained=True, weights=__file__), "--pretrained"),
         (lambda: DataConfig(image_size=(2, 2)), "--image-size"),
         (lambda: DataConfig(class_weights="balanced"), "--class-weights"),
+        (lambda: DataConfig(augment="heavy"), "augment"),
         (lambda: TrainConfig(max_time="soon"), "--max-time"),
         (
             lambda: TrainConfig(
@@ -198,6 +223,10 @@ def test_config_round_trip_and_max_time() -> None:
     assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     assert parse_max_time("90") == {"days": 0, "hours": 1, "minutes": 30, "seconds": 0}
     assert parse_max_time("0:00:30") == {"days": 0, "hours": 0, "minutes": 0, "seconds": 30}
+    # run dirs from before the augmentation modes said True / False
+    assert (
+        DataConfig(augment=True).augment == "full" and DataConfig(augment=False).augment == "none"
+    )
 
 
 def test_detect_kind(tmp_path: Path) -> None:

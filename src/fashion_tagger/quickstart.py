@@ -69,7 +69,7 @@ def _train_config(kind: str, workers: int | None, progress: bool) -> TrainConfig
         data = DataConfig(image_size=(80, 64), class_weights="none", workers=workers or 2)
         smoothing = 0.1
     else:
-        data = DataConfig(image_size=(64, 64), resize="pad", augment=True, workers=workers or 2)
+        data = DataConfig(image_size=(64, 64), resize="pad", augment="full", workers=workers or 2)
     return TrainConfig(
         data=data,
         model=ModelConfig(backbone="simple-cnn", head="unified", hidden=512),
@@ -123,9 +123,7 @@ def quickstart(
         epochs, fraction = plan_budget(
             config, counts.get("train", 0), minutes, counts.get("val", 0)
         )
-        config = replace(
-            config, epochs=epochs, train_fraction=fraction, max_time=str(minutes * 1.5)
-        )
+        config = replace(config, epochs=epochs, train_fraction=fraction, max_time=str(minutes))
         resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
         run = train(dataset_dir, run_dir, None if resume else config, resume=resume)
     split = "test" if "test" in counts else "val"

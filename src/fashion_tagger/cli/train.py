@@ -79,6 +79,11 @@ def train_cmd(
     augment: bool = typer.Option(
         False, "--augment", help="Flip, colour, shift-scale-rotate, blur, noise."
     ),
+    augment_light: bool = typer.Option(
+        False,
+        "--augment-light",
+        help="Flip and a 2-pixel shift only: nearly free, for short budgets.",
+    ),
     label_smoothing: float = typer.Option(
         0.0, "--label-smoothing", help="Label smoothing of the level losses (e.g. 0.1)."
     ),
@@ -92,7 +97,12 @@ def train_cmd(
     cache_dir: Path = typer.Option(
         None, "--cache-dir", help="Keep decoded images here between runs."
     ),
-    max_time: str = typer.Option(None, "--max-time", help="Stop after minutes or HH:MM:SS."),
+    max_time: str = typer.Option(
+        None,
+        "--max-time",
+        help="Time budget, minutes or HH:MM:SS: the LR schedule follows the clock and training "
+        "ends on time with it finished, after a last validation.",
+    ),
     checkpoint_every: int = typer.Option(
         200, "--checkpoint-every", help="Also checkpoint every N steps."
     ),
@@ -114,10 +124,13 @@ def train_cmd(
     else:
         if dataset_dir is None or out is None:
             raise FashionTaggerError("give DATASET_DIR and --out RUN_DIR (or --resume RUN_DIR)")
+        if augment and augment_light:
+            raise FashionTaggerError("--augment and --augment-light: pick one")
+        mode = "full" if augment else "light" if augment_light else "none"
         config = TrainConfig(
             data=DataConfig(
                 image_size=_image_size(image_size), channels=channels, resize=resize,
-                augment=augment, class_weights=class_weights, workers=workers,
+                augment=mode, class_weights=class_weights, workers=workers,
                 cache_dir=str(cache_dir) if cache_dir else None,
             ),
             model=ModelConfig(

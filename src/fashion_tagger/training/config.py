@@ -17,6 +17,7 @@ from fashion_tagger.errors import FashionTaggerError
 SCHEDULES = ("onecycle", "cosine", "constant")
 CLASS_WEIGHTS = ("inverse", "sqrt", "none")
 RESIZE = ("squash", "pad")
+AUGMENT = ("none", "light", "full")
 
 
 class ConfigError(FashionTaggerError):
@@ -37,8 +38,11 @@ class DataConfig:
             64x64 for simple-cnn). `--image-size`.
         channels: 3 (RGB) or 1 (grey). `--channels`.
         resize: "squash" (stretch) or "pad" (keep aspect, pad white). `--resize`.
-        augment: random flip, brightness/contrast, shift-scale-rotate, blur and noise on train
-            batches only. `--augment`.
+        augment: train-time augmentation of train batches only: "full" = random flip,
+            brightness/contrast, shift-scale-rotate, blur and noise (`--augment`); "light" =
+            flip and a shift of up to 2 pixels, nearly free, for short budgets where full
+            augmentation costs more epochs than it gains (`--augment-light`); "none". True and
+            False (older run dirs) read as "full" and "none".
         class_weights: "inverse" class frequency (normalised to mean 1, as the paper), "sqrt" of
             it (milder), or "none". `--class-weights`.
         workers: processes that decode images into the cache (0 = in this process).
@@ -51,7 +55,7 @@ class DataConfig:
     image_size: tuple[int, int] | None = None
     channels: int = 3
     resize: str = "squash"
-    augment: bool = False
+    augment: str = "none"
     class_weights: str = "inverse"
     workers: int = 2
     cache_dir: str | None = None
@@ -68,6 +72,9 @@ class DataConfig:
             object.__setattr__(self, "image_size", size)
         _check(self.channels in (1, 3), "--channels must be 1 or 3")
         _check(self.resize in RESIZE, f"--resize must be one of {', '.join(RESIZE)}")
+        if isinstance(self.augment, bool):
+            object.__setattr__(self, "augment", "full" if self.augment else "none")
+        _check(self.augment in AUGMENT, f"augment must be one of {', '.join(AUGMENT)}")
         _check(
             self.class_weights in CLASS_WEIGHTS,
             f"--class-weights must be one of {', '.join(CLASS_WEIGHTS)}",
@@ -207,7 +214,7 @@ class TrainConfig:
         _check(0 < self.train_fraction <= 1, "--train-fraction must be in (0, 1]")
         _check(self.checkpoint_every >= 0, "--checkpoint-every must be 0 or more")
         parse_max_time(self.max_time)
-        if self.model.freeze_backbone and self.data.augment:
+        if self.model.freeze_backbone and self.data.augment != "none":
             raise ConfigError(
                 "--freeze-backbone trains on cached features, which cannot be augmented: "
                 "drop --augment or use --freeze-backbone-epochs"

@@ -16,7 +16,7 @@ from torch.nn import functional as F
 
 from fashion_tagger.rundir import ModelSpec
 from fashion_tagger.training.config import TrainConfig
-from fashion_tagger.training.data import augment
+from fashion_tagger.training.data import AUGMENTATIONS
 from fashion_tagger.training.model import FashionModel
 
 
@@ -93,8 +93,8 @@ class TaggerModule(pl.LightningModule):
         if self.features_input:
             return x
         x = x.float() / 255.0
-        if train and self.config.data.augment:
-            x = augment(x, self._gen)
+        if train and self.config.data.augment != "none":
+            x = AUGMENTATIONS[self.config.data.augment](x, self._gen)
         return (x - self.mean) / self.std
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:

@@ -16,6 +16,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +141,57 @@ class StepTimer(pl.Callback):
             # how busy a shared machine was
             "images_per_cpu_s": round(self.images / self.cpu_s, 1) if self.cpu_s else 0.0,
         }
+
+
+class ClockSchedule(pl.Callback):
+    """Makes a time budget end with a finished learning-rate schedule.
+
+    The schedule is planned in steps, but a machine can run slower than planned (a shared or
+    throttled CPU), and a run cut by the clock at a high learning rate is a poor model. With
+    this callback the schedule follows whichever is further on, the share of steps done or the
+    share of the budget spent: after each step the scheduler is stepped on to the clock's
+    position when it lags behind. When the budget is spent, less the time of one validation,
+    training stops (Lightning then runs that last validation), so the run ends on time with its
+    learning rate annealed. Its state is checkpointed, so `--resume` keeps the clock.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = float(seconds)
+        self.elapsed = 0.0  # seconds of training before this process (a resumed run)
+        self.val_seconds = 0.0
+        self._start = 0.0
+        self._val_start = 0.0
+
+    def spent(self) -> float:
+        return self.elapsed + time.perf_counter() - self._start
+
+    def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_validation_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self._val_start = time.perf_counter()
+
+    def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.val_seconds = time.perf_counter() - self._val_start
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        budget = max(self.seconds - self.val_seconds, 1e-6)
+        share = float(trainer.strategy.broadcast(self.spent() / budget))
+        total = int(trainer.estimated_stepping_batches)
+        for config in trainer.lr_scheduler_configs:
+            sched = config.scheduler
+            target = min(int(share * total), total)
+            while config.interval == "step" and sched.last_epoch < target:
+                sched.step()
+        if share >= 1:
+            trainer.should_stop = True
+
+    def state_dict(self) -> dict[str, float]:
+        return {"elapsed": self.spent() if self._start else self.elapsed}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.elapsed = float(state_dict.get("elapsed", 0.0))
 
 
 def read_metrics(path: Path) -> list[dict[str, float]]:
@@ -337,8 +389,12 @@ def train(
                 enable_version_counter=False,
             )
         )
+    max_time = parse_max_time(config.max_time)
+    clocked = bool(max_time) and config.schedule != "constant"
     if config.schedule != "constant":
         cbs.append(LearningRateMonitor(logging_interval="epoch"))
+    if clocked:
+        cbs.append(ClockSchedule(timedelta(**max_time).total_seconds()))
     cbs.extend(callbacks)
     trainer = pl.Trainer(
         default_root_dir=run_dir,
@@ -347,7 +403,9 @@ def train(
         num_nodes=config.num_nodes,
         precision=config.precision,
         max_epochs=config.epochs,
-        max_time=parse_max_time(config.max_time),
+        # a clocked run stops itself; Lightning's stop is the backstop, should a step or the
+        # last validation overrun
+        max_time={**max_time, "seconds": max_time["seconds"] + 60} if clocked else max_time,
         callbacks=cbs,
         logger=TensorBoardLogger(
             str(run_dir), name=LOGS, version="tensorboard", default_hp_metric=False
@@ -460,7 +518,9 @@ def plan_budget(
 
     A time budget should end with a finished schedule (OneCycle/cosine reach their low learning
     rate), so budgeted runs size themselves up front; when not even one epoch fits, each epoch
-    sees a fraction of the train batches. `max_time` stays as a safety cap.
+    sees a fraction of the train batches. Give the run `max_time=minutes` as well: the plan
+    comes from a few steps, and `ClockSchedule` makes up the difference when the machine turns
+    out slower than they were.
     """
     from fashion_tagger.training.model import create_backbone
 
@@ -480,7 +540,7 @@ def plan_budget(
         opt.zero_grad()
         times.append(time.perf_counter() - t)
     per_image = min(times[1:] or times) / config.batch_size
-    budget = minutes * 60 * 0.85
+    budget = minutes * 60
     train_s = max(n_train, 1) * per_image
     # validation runs on the whole val split every epoch: forward only, about a third of a step
     val_s = (n_train // 5 if n_val is None else n_val) * per_image / 3
