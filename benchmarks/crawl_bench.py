@@ -6,7 +6,8 @@ Three measurements, each a real `fashion-tagger crawl vinted` subprocess against
 1. polite: the default politeness (--delay 1.0 --concurrency 2) on a small market;
 2. fast: --delay 0 --concurrency 8 on a larger one;
 3. kills: the fast crawl SIGKILLed --kills times at random moments, resumed each time, then run
-   to the end: requests made more than once (goal 0), listings lost or duplicated (goal 0).
+   to the end: requests made more than once (goal 0), listings lost or duplicated (goal 0);
+   the network helper (`wire.py`) finishes what a killed crawl had in flight.
 
 Listings/s counts the listings that reached the dataset (with their photo), photos/s the photos
 stored, both over the crawl's own wall time (the CLI's start-up excluded).
@@ -112,6 +113,9 @@ def kills(args: argparse.Namespace) -> dict:
             "kills": len(killed_at),
             "killed_after_requests": killed_at,
             "repeated_page_requests": repeats("/api/"),
+            # answers a killed run's network helper finished and journaled (the last run's own
+            # count; the runs killed after their resume took theirs with them)
+            "replayed_by_last_run": json.loads(last.stdout)["replayed"],
             "repeated_photo_requests": repeats("/t/"),
             "home_page_requests": hits["/"],
             "listings_lost": len(want - set(got)),

@@ -4,7 +4,9 @@ The crawl runs in three passes over the state in `<out>/crawl.db`: search pages 
 (until `per_category` listings or the category runs out), item details (only with
 `all_photos`), then photos (downloaded, resized, stored once in the content-addressed store).
 Each step commits its result before the next starts, so re-running the same command after a
-crash, a Ctrl-C, `--max-requests` or the bot wall carries on where it stopped. The manifest
+crash, a Ctrl-C, `--max-requests` or the bot wall carries on where it stopped; the HTTP itself
+runs in a helper process (`wire.py`) that finishes the requests in flight when the crawl is
+killed and journals their answers, so the next run does not ask for them again. The manifest
 (items.parquet + dataset.json) is rebuilt from the state every `save_every` photos and at the end.
 """
 
@@ -16,7 +18,7 @@ import fcntl
 import hashlib
 import io
 import json
-import os
+import shutil
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -39,11 +41,12 @@ from fashion_tagger.sources.vinted.session import (
     Session,
 )
 from fashion_tagger.sources.vinted.state import DonePhoto, State
+from fashion_tagger.sources.vinted.wire import WireTransport
 
 UNISEX_RULES = ("relabel", "keep-first", "keep-both")
 LEVELS = ["department", "group", "category", "subcategory", "type"]
 LOCK_FILE = ".crawl.lock"
-INCOMING_DIR = ".crawl-incoming"
+JOURNAL_DIR = ".crawl-journal"
 
 T = TypeVar("T")
 
@@ -106,7 +109,9 @@ class CrawlConfig:
 
 @dataclass
 class CrawlResult:
-    """What a run did. `stopped` is `done`, `max_requests`, `blocked` or `interrupted`."""
+    """What a run did. `stopped` is `done`, `max_requests`, `blocked` or `interrupted`;
+    `replayed` counts answers a killed run had received, taken from the journal, not asked
+    again (`wire.py`)."""
 
     dataset: Dataset
     stopped: str
@@ -116,6 +121,7 @@ class CrawlResult:
     listings: int = 0
     photos: int = 0
     failed_photos: int = 0
+    replayed: int = 0
     seconds: float = 0.0
     message: str = ""
 
@@ -228,16 +234,23 @@ def write_dataset(out: Path, state: State, config: CrawlConfig) -> Dataset:
 
 # -- the crawl ---------------------------------------------------------------------------------
 @contextlib.contextmanager
-def _locked(out: Path) -> Iterator[None]:
+def _locked(out: Path, wait: float) -> Iterator[int]:
+    """Hold `out`'s crawl lock (its file descriptor, shared with the network helper, which
+    keeps it while it drains); waits up to `wait` seconds for a killed crawl's helper."""
     out.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait
     with open(out / LOCK_FILE, "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise CrawlError(
-                f"another crawl is writing {out}; wait for it or stop it first"
-            ) from None
-        yield
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise CrawlError(
+                        f"another crawl is writing {out}; wait for it or stop it first"
+                    ) from None
+                time.sleep(0.05)
+        yield f.fileno()
 
 
 async def _fetch_tree(session: Session, state: State) -> list[api.Node]:
@@ -248,6 +261,7 @@ async def _fetch_tree(session: Session, state: State) -> list[api.Node]:
     state.record_unparsed(session.base_url, "no catalogTree in the home page", page.encode())
     try:
         roots = api.tree_from_initializers(await session.get_json(api.INITIALIZERS_PATH))
+        session.settle(api.INITIALIZERS_PATH)  # read afresh by every run, like the home page
     except FetchError as exc:
         raise CrawlError(
             f"no category tree in {session.base_url} (home page and "
@@ -333,10 +347,12 @@ class _Run:
             except api.ParseError as exc:
                 state.record_unparsed(f"{url}?catalog_ids={cid}&page={page}", str(exc), b"")
                 state.record_page_error(cid, page, "bad_shape")
+                session.settle(url, params)
                 return
             now, finished = state.record_page(
                 cid, page, parsed.listings, parsed.total_pages, cfg.per_category
             )
+            session.settle(url, params)
             bar.advance(now - have)
             self.result.pages += 1
             self.result.listings += now - have
@@ -355,17 +371,14 @@ class _Run:
             return
         if detail is None:
             self.state.record_detail(listing_id, None, "bad_shape")
-            return
-        self.state.record_detail(listing_id, detail.photos)
+        else:
+            self.state.record_detail(listing_id, detail.photos)
+        session.settle(path)
 
     async def _photo(self, session: Session, job: tuple[str, str], bar: _progress.Bar) -> None:
         url, _ = job
-        staged = _staged_path(self.out, url)
         try:
-            data = staged.read_bytes() if staged.is_file() else None
-            if data is None:
-                data = await session.get_bytes(url)
-                _stage(staged, data)
+            data = await session.get_bytes(url)
         except FetchError as exc:
             self.state.photo_failed(url, exc.reason)
             self.result.failed_photos += 1
@@ -379,31 +392,17 @@ class _Run:
             self.state.photo_failed(url, "corrupt_image")
             self.state.record_unparsed(url, f"corrupt_image: {exc}", b"")
             self.result.failed_photos += 1
-            staged.unlink(missing_ok=True)
+            session.settle(url)
             bar.advance()
             return
         self.state.photo_done(url, rel, sha, w, h)
-        staged.unlink(missing_ok=True)
+        session.settle(url)
         self.result.photos += 1
         bar.advance()
         self.unsaved += 1
         if self.unsaved >= self.config.save_every:
             self.unsaved = 0
             write_dataset(self.out, self.state, self.config)
-
-
-def _staged_path(out: Path, url: str) -> Path:
-    return out / INCOMING_DIR / (hashlib.sha1(url.encode()).hexdigest() + ".bin")
-
-
-def _stage(path: Path, data: bytes) -> None:
-    """Keep a photo's bytes the moment they arrive, so a crash before it is stored does not
-    cost a second download. Renamed into place (never half a file); not fsynced: it only has
-    to survive the process, not the machine."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def crawl_vinted(
@@ -421,7 +420,8 @@ def crawl_vinted(
         raise CrawlError(
             f"{out} holds a dataset that was not crawled; give --out a new or crawled dir"
         )
-    with _locked(out):
+    pol = config.politeness
+    with _locked(out, wait=2 * pol.timeout + 5) as lock_fd:
         state = State(out)
         try:
             if state.get_meta("created") is None:
@@ -435,7 +435,10 @@ def crawl_vinted(
                 )
             run = _Run(out, config, state, progress)
             started = time.monotonic()
-            session = Session(config.url, config.politeness)
+            wire = WireTransport(
+                out / JOURNAL_DIR, pol.timeout, pol.concurrency + 2, pass_fds=(lock_fd,)
+            )
+            session = Session(config.url, pol, transport=wire)
 
             async def main() -> None:
                 async with session:
@@ -452,10 +455,13 @@ def crawl_vinted(
                 reason = run.stop[0] if run.stop else "done"
                 stopped, _, message = reason.partition(":")
                 run.result.message = message
+                if stopped == "done":  # what is left answered requests no run will make again
+                    shutil.rmtree(out / JOURNAL_DIR, ignore_errors=True)
             finally:
                 result = run.result
                 result.stopped = stopped
                 result.requests, result.retried = session.requests, session.retried
+                result.replayed = wire.replayed
                 result.seconds = round(time.monotonic() - started, 3)
                 result.dataset = write_dataset(out, state, config)
                 state.set_meta("last_run", {**result.to_dict(), "finished": manifest.now()})

@@ -98,6 +98,7 @@ class Session:
         self._slot_lock = asyncio.Lock()
         self._next_start = 0.0
         self._paused_until = 0.0
+        self._transport = transport
         limits = httpx.Limits(max_connections=politeness.concurrency + 2)
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(politeness.timeout),
@@ -121,12 +122,13 @@ class Session:
 
     async def get_json(self, path: str, params: dict[str, Any] | None = None) -> Any:
         """An API answer as JSON; malformed bodies are retried, then FetchError with the body."""
-        url = urljoin(self.base_url, path.lstrip("/"))
+        url = self._absolute(path)
         for attempt in range(self.p.retries + 1):
             resp = await self._request(url, kind="api", params=params)
             try:
                 return json.loads(resp.content)
             except (ValueError, UnicodeDecodeError):
+                self.settle(url, params)  # a journaled copy must not answer the retry
                 if attempt == self.p.retries:
                     raise FetchError("malformed_json", resp.content) from None
                 self.retried += 1
@@ -135,13 +137,24 @@ class Session:
 
     async def get_bytes(self, url: str) -> bytes:
         """A photo's bytes; its URL is used exactly as given (signature included)."""
-        if not url.startswith(("http://", "https://")):
-            if not url.startswith("/"):
-                raise FetchError("bad_url")
-            url = urljoin(self.base_url, url.lstrip("/"))
-        return (await self._request(url, kind="photo")).content
+        if not url.startswith(("http://", "https://", "/")):
+            raise FetchError("bad_url")
+        return (await self._request(self._absolute(url), kind="photo")).content
+
+    def settle(self, url: str, params: dict[str, Any] | None = None) -> None:
+        """What the crawl made of the answer to `url` is committed: a journaling transport
+        (`wire.WireTransport`) may forget it."""
+        settle = getattr(self._transport, "settle", None)
+        if settle is not None:
+            request = self.client.build_request("GET", self._absolute(url), params=params)
+            settle("GET", str(request.url))
 
     # -- machinery ---------------------------------------------------------------------------
+    def _absolute(self, url: str) -> str:
+        if url.startswith(("http://", "https://")):
+            return url
+        return urljoin(self.base_url, url.lstrip("/"))
+
     def _backoff(self, attempt: int) -> float:
         return min(60.0, self.p.backoff * 2 ** (attempt - 1)) * (0.5 + random.random())
 
