@@ -17,6 +17,7 @@ from serve_fakes import FakePredictor, png
 from fashion_tagger.serving.app import create_app
 from fashion_tagger.serving.batching import MicroBatcher
 from fashion_tagger.serving.deps import get_predictor
+from fashion_tagger.serving.schemas import PredictResponse
 from fashion_tagger.serving.settings import Settings, SettingsError
 
 RED, BLUE, GREEN = (220, 30, 30), (30, 60, 220), (30, 180, 40)
@@ -96,6 +97,10 @@ def test_predict_one_and_many_files_in_order():
 
     one, many = run(go())
     assert one.status_code == 200, one.text
+    assert one.headers["content-type"] == "application/json"
+    # the route serialises its answer itself: it must still be what the OpenAPI schema says
+    for r in (one, many):
+        assert PredictResponse.model_validate_json(r.content).model_dump(mode="json") == r.json()
     body = one.json()
     assert body["model_id"] == "fake-000000000000" and body["backend"] == "fake"
     (p,) = body["predictions"]
