@@ -75,7 +75,7 @@ def test_retry_after_is_capped(tmp_path):
     fake, result = _crawl(
         tmp_path, Faults(rate_limit_every=6, retry_after=3600), politeness={"max_retry_after": 0.05}
     )
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 60  # an hour was asked for, twice
     _complete(fake, result)
 
 
