@@ -138,7 +138,7 @@ def test_cli_crawl_status_and_list(tmp_path):
     assert status.exit_code == 0, status.output
     st = json.loads(status.output)
     assert st["photos"] == {"done": 3} and st["categories"] == {"full": 2}
-    assert st["dataset_images"] == 3
+    assert st["dataset_images"] == 3 and st["journaled_answers"] == 0
     human = runner.invoke(app, ["crawl", "status", str(tmp_path)])
     assert "photos" in human.output and human.exit_code == 0
     assert crawl_status(tmp_path)["listings"]["total"] == 3

@@ -145,3 +145,8 @@ def crawl_status_cmd(
             console.print(f"[red]{stage}[/] failed {n}x: {error}", highlight=False)
     if summary.get("dataset_images") is not None:
         console.print(f"{summary['dataset_images']} images in the dataset manifest")
+    if summary["journaled_answers"]:
+        console.print(
+            f"{summary['journaled_answers']} answers a killed run received wait in the journal; "
+            "the next run uses them instead of asking again"
+        )

@@ -483,6 +483,8 @@ def crawl_status(out: str | Path) -> dict[str, Any]:
     finally:
         state.close()
     summary["dir"] = str(out)
+    # answers a killed run received and the next run will use instead of asking again
+    summary["journaled_answers"] = len(list((out / JOURNAL_DIR).glob("*.resp")))
     if (out / manifest.ITEMS_FILE).is_file():
         summary["dataset_images"] = manifest.read_items(out).num_rows
     return summary
