@@ -136,6 +136,20 @@ def test_a_time_budget_ends_on_time_with_the_schedule_finished(small: Path, tmp_
     assert rows[-1]["val_acc_leaf"] != "" and int(rows[-1]["step"]) == last.step
 
 
+def test_a_schedule_the_clock_pushed_to_its_end_stops_the_run(
+    small: Path, tmp_path: Path, monkeypatch
+) -> None:
+    # the clock says 99.9 % of the budget is spent, forever: it moves the schedule to its last
+    # step, and the run must stop there, not step the scheduler past its end (OneCycleLR raises)
+    from fashion_tagger.training.train import ClockSchedule
+
+    monkeypatch.setattr(ClockSchedule, "spent", lambda self: 0.999 * self.seconds)
+    last = LastLR()
+    with one_thread():
+        train(small, tmp_path / "run", quick(epochs=500, max_time="10"), callbacks=[last])
+    assert last.step < 20 and last.lr < 3e-3 * 1e-5
+
+
 def test_resume_needs_a_started_run(tmp_path: Path) -> None:
     with pytest.raises(RunDirError, match="cannot resume"):
         train(None, tmp_path, resume=True)

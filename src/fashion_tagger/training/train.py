@@ -179,12 +179,17 @@ class ClockSchedule(pl.Callback):
         budget = max(self.seconds - self.val_seconds, 1e-6)
         share = float(trainer.strategy.broadcast(self.spent() / budget))
         total = int(trainer.estimated_stepping_batches)
+        finished = share >= 1
         for config in trainer.lr_scheduler_configs:
             sched = config.scheduler
-            target = min(int(share * total), total)
-            while config.interval == "step" and sched.last_epoch < target:
+            if config.interval != "step":
+                continue
+            while sched.last_epoch < min(int(share * total), total):
                 sched.step()
-        if share >= 1:
+            # pushed on by the clock, the schedule can reach its end before the clock does;
+            # Lightning's next step would then overrun it (OneCycleLR raises)
+            finished = finished or sched.last_epoch >= total
+        if finished:
             trainer.should_stop = True
 
     def state_dict(self) -> dict[str, float]:
