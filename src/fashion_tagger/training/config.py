@@ -170,7 +170,10 @@ class TrainConfig:
         devices, num_nodes: Lightning Trainer devices and nodes (DDP when more than one).
             `--devices`, `--num-nodes`.
         seed: for splits of batches, initialisation and augmentation. `--seed`.
-        max_time: stop after this long (minutes or HH:MM:SS). `--max-time`.
+        max_time: the training budget (minutes or HH:MM:SS); with a onecycle or cosine
+            schedule the schedule follows the clock and the run ends on time with it
+            finished (`train.ClockSchedule`); with a constant one it is a plain stop.
+            `--max-time`.
         train_fraction: share of the train batches seen per epoch (Lightning's
             limit_train_batches), so a short time budget still ends its LR schedule.
             `--train-fraction`.
