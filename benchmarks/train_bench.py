@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fashion_tagger.training.config import AUGMENT, CLASS_WEIGHTS
+
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ROOT.parent / "shared" / "datasets"
 
@@ -51,14 +53,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--class-weights",
         default="none",
-        choices=["inverse", "sqrt", "none"],
+        choices=CLASS_WEIGHTS,
         help="none maximises accuracy; inverse/sqrt trade it for rare-class recall (macro F1)",
     )
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument(
         "--augment",
         default="none",
-        choices=["none", "light", "full"],
+        choices=AUGMENT,
         help="train-time augmentation: light = flip + 2-pixel shift, full = also colour, "
         "rotation, scale, blur, noise",
     )

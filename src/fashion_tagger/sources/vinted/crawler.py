@@ -41,7 +41,7 @@ from fashion_tagger.sources.vinted.session import (
     Session,
 )
 from fashion_tagger.sources.vinted.state import DonePhoto, State
-from fashion_tagger.sources.vinted.wire import WireTransport
+from fashion_tagger.sources.vinted.wire import WireTransport, pending_answers
 
 UNISEX_RULES = ("relabel", "keep-first", "keep-both")
 LEVELS = ["department", "group", "category", "subcategory", "type"]
@@ -484,7 +484,7 @@ def crawl_status(out: str | Path) -> dict[str, Any]:
         state.close()
     summary["dir"] = str(out)
     # answers a killed run received and the next run will use instead of asking again
-    summary["journaled_answers"] = len(list((out / JOURNAL_DIR).glob("*.resp")))
+    summary["journaled_answers"] = pending_answers(out / JOURNAL_DIR)
     if (out / manifest.ITEMS_FILE).is_file():
         summary["dataset_images"] = manifest.read_items(out).num_rows
     return summary

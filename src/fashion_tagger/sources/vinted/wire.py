@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import os
 import signal
 import struct
 import sys
@@ -34,9 +33,11 @@ from typing import Any
 
 import httpx
 
+from fashion_tagger._io import write_bytes_atomic
 from fashion_tagger.errors import FashionTaggerError
 
 _SIZES = struct.Struct("!II")
+_SUFFIX = ".resp"
 # the helper hands back the decoded body: these would make the client decode or count it again
 _DROP = {"content-encoding", "content-length", "transfer-encoding"}
 
@@ -47,7 +48,12 @@ class WireBroken(FashionTaggerError):
 
 def journal_path(journal: Path, method: str, url: str) -> Path:
     """Where the answer to `method url` waits for a resumed crawl."""
-    return journal / (hashlib.sha1(f"{method} {url}".encode()).hexdigest() + ".resp")
+    return journal / (hashlib.sha1(f"{method} {url}".encode()).hexdigest() + _SUFFIX)
+
+
+def pending_answers(journal: Path) -> int:
+    """Answers in `journal` that a killed run received and no run has settled yet."""
+    return len(list(journal.glob("*" + _SUFFIX)))
 
 
 def _journaled(url: httpx.URL) -> bool:
@@ -67,13 +73,6 @@ async def _read_frame(reader: asyncio.StreamReader) -> tuple[dict[str, Any], byt
         return head, await reader.readexactly(n_body)
     except asyncio.IncompleteReadError:
         return None
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    # not fsynced: the journal must outlive the crawl's process, not the machine
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 class WireTransport(httpx.AsyncBaseTransport):
@@ -222,7 +221,9 @@ async def _serve(journal: Path, timeout: float, connections: int) -> None:
     async def one(head: dict[str, Any], body: bytes) -> None:
         answer, content = await _fetch(client, head, body)
         if answer.get("status", 500) < 300 and _journaled(httpx.URL(head["url"])):
-            _write_atomic(journal_path(journal, head["method"], head["url"]), content)
+            # not fsynced: the journal must outlive the crawl's process, not the machine
+            path = journal_path(journal, head["method"], head["url"])
+            write_bytes_atomic(path, content, durable=False)
         if writer.is_closing():
             return
         try:
