@@ -69,6 +69,7 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--seed", type=int, default=0, help="training seed (the split stays seed 0)")
     return p.parse_args()
 
 
@@ -107,13 +108,16 @@ def base_config(args: argparse.Namespace, head: str, epochs: int):
         lr=args.lr,
         label_smoothing=args.label_smoothing,
         max_time=str(args.minutes),
+        seed=args.seed,
         checkpoint_every=0,
         progress=False,
     )
 
 
-def score(run_dir: Path, dataset_dir: Path, split: str, cache: Path) -> dict:
-    """Accuracy, weighted and macro F1 per level (consistent decoding), attribute mAP (sklearn)."""
+def score(run_dir: Path, dataset_dir: Path, split: str, cache: Path) -> tuple[dict, np.ndarray]:
+    """Accuracy, weighted and macro F1 per level (consistent decoding), attribute mAP (sklearn);
+    and which images each level got right ((N, levels) booleans, False where a level is absent),
+    for the paired comparison of heads."""
     from sklearn.metrics import accuracy_score, average_precision_score, f1_score
 
     from fashion_tagger.dataset.core import Dataset
@@ -131,6 +135,7 @@ def score(run_dir: Path, dataset_dir: Path, split: str, cache: Path) -> dict:
         attr_p.append(probs.attributes)
     pred = np.concatenate(preds)
     out: dict = {"n": len(arrays), "levels": {}}
+    correct = (pred == arrays.levels) & (arrays.levels >= 0)
     for lvl, name in enumerate(spec.level_names):
         y = arrays.levels[:, lvl]
         ok = y >= 0
@@ -152,7 +157,7 @@ def score(run_dir: Path, dataset_dir: Path, split: str, cache: Path) -> dict:
                 ]
             )
         )
-    return out
+    return out, correct
 
 
 def throughput(args: argparse.Namespace, products: Path, steps: int = 12) -> dict:
@@ -222,7 +227,7 @@ def sample_check(args: argparse.Namespace, products: Path) -> dict:
     }
 
 
-def run_heads(args: argparse.Namespace, products: Path) -> dict:
+def run_heads(args: argparse.Namespace, products: Path) -> tuple[dict, dict[str, np.ndarray]]:
     from fashion_tagger.dataset.core import Dataset
     from fashion_tagger.rundir import RunDir
     from fashion_tagger.training.train import plan_budget, train
@@ -239,7 +244,7 @@ def run_heads(args: argparse.Namespace, products: Path) -> dict:
         f"for {args.minutes} min",
         flush=True,
     )
-    results = {}
+    results, correct = {}, {}
     for head in args.heads.split(","):
         run_dir = args.out / "runs" / head
         if not (run_dir / "model.json").is_file():
@@ -248,14 +253,44 @@ def run_heads(args: argparse.Namespace, products: Path) -> dict:
             train(products, run_dir, config)
             print(f"{head}: trained in {time.perf_counter() - t:.0f} s", flush=True)
         run = RunDir.open(run_dir)
-        res = score(run_dir, products, "test", args.out / "cache")
+        res, correct[head] = score(run_dir, products, "test", args.out / "cache")
         res["train_seconds"] = run.config["training"]["seconds"]
         res["epochs"] = run.config["training"]["epochs_run"]
         res["train_fraction"] = run.config["training"].get("train_fraction", 1.0)
         res["throughput"] = run.config["training"]["throughput"]
         results[head] = res
         print(head, json.dumps(res), flush=True)
-    return results
+    return results, correct
+
+
+def paired(correct: dict[str, np.ndarray], levels: list[str]) -> dict:
+    """The unified head against each baseline on the same test images, level by level: the
+    accuracy gap, its 95 % interval and McNemar's exact p-value (one seed: this measures how
+    sure the test split makes us of the gap, not how much another seed would move it)."""
+    from fashion_tagger.evaluation.metrics import paired_comparison
+
+    out = {}
+    for head, ok in correct.items():
+        if head != "unified":
+            out[f"unified-{head}"] = {
+                name: paired_comparison(correct["unified"][:, i], ok[:, i])
+                for i, name in enumerate(levels)
+            }
+    return out
+
+
+def paired_table(pairs: dict) -> str:
+    lines = [
+        "| comparison | level | unified only right | baseline only right | gap (points) | 95 % interval | McNemar p |",
+        "|---|---|---:|---:|---:|---|---:|",
+    ]
+    for pair, levels in pairs.items():
+        for name, r in levels.items():
+            lines.append(
+                f"| {pair} | {name} | {r['a_only']} | {r['b_only']} | {100 * r['diff']:+.2f} | "
+                f"{100 * r['ci95_low']:+.2f} to {100 * r['ci95_high']:+.2f} | {r['p_value']:.3f} |"
+            )
+    return "\n".join(lines)
 
 
 def run_clothing(args: argparse.Namespace) -> dict:
@@ -335,8 +370,12 @@ def main() -> None:
         results["sample2000"] = sample_check(args, products)
         print("sample2000", json.dumps(results["sample2000"]), flush=True)
     if "heads" not in skip:
-        results["heads"] = run_heads(args, products)
+        results["heads"], correct = run_heads(args, products)
         print(table(results["heads"]), flush=True)
+        if "unified" in correct and len(correct) > 1:
+            levels = list(results["heads"]["unified"]["levels"])
+            results["paired"] = paired(correct, levels)
+            print(paired_table(results["paired"]), flush=True)
     if "clothing" not in skip and args.clothing.is_dir():
         results["clothing"] = run_clothing(args)
         print("clothing", json.dumps(results["clothing"]), flush=True)

@@ -94,6 +94,32 @@ A_TRUE = np.array([[1, 1, 0], [1, 0, 0], [0, 1, 0], [0, 0, 0]], dtype=bool)
 A_SCORE = np.array([[0.9, 0.8, 0.1], [0.7, 0.76, 0.2], [0.3, 0.95, 0.8], [0.2, 0.1, 0.05]])
 
 
+def test_paired_comparison_counts_disagreements_and_matches_binomtest():
+    from scipy.stats import binomtest
+
+    # 20 examples: both right on 10, both wrong on 2, only A right on 6, only B right on 2
+    a = np.array([1] * 10 + [0] * 2 + [1] * 6 + [0] * 2, dtype=bool)
+    b = np.array([1] * 10 + [0] * 2 + [0] * 6 + [1] * 2, dtype=bool)
+    r = metrics.paired_comparison(a, b)
+    assert (r["n"], r["a_only"], r["b_only"]) == (20, 6, 2)
+    assert r["diff"] == pytest.approx(0.2)
+    # d has 6 ones, 2 minus-ones, 12 zeros: var = 8/20 - 0.2^2 = 0.36, se = 0.6 / sqrt(20)
+    assert r["ci95_high"] - r["diff"] == pytest.approx(1.96 * 0.6 / math.sqrt(20))
+    assert r["p_value"] == pytest.approx(binomtest(2, 8, 0.5).pvalue)  # 0.2890625
+    swapped = metrics.paired_comparison(b, a)
+    assert swapped["diff"] == pytest.approx(-0.2)
+    assert swapped["p_value"] == pytest.approx(r["p_value"])
+    # thousands of disagreements: exact arithmetic, no overflow, still equal to scipy
+    rng = np.random.default_rng(0)
+    a, b = rng.random(5000) < 0.85, rng.random(5000) < 0.84
+    r = metrics.paired_comparison(a, b)
+    assert r["p_value"] == pytest.approx(binomtest(r["b_only"], r["a_only"] + r["b_only"]).pvalue)
+    same = metrics.paired_comparison(a, a)
+    assert (same["diff"], same["p_value"], same["ci95_low"]) == (0.0, 1.0, 0.0)
+    with pytest.raises(ValueError, match="shapes"):
+        metrics.paired_comparison(a, b[:10])
+
+
 def test_multilabel_overall_is_micro_as_sklearn():
     for thr in (0.75, np.array([0.6, 0.9, 0.5])):
         pred = np.greater_equal(A_SCORE, thr)

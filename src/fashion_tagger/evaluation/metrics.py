@@ -9,7 +9,9 @@ a ratio whose denominator is 0 is 0.0 (scikit-learn's `zero_division=0`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 
@@ -122,6 +124,45 @@ def single_label_summary(
         "OR": float(np.sum(weights * pc.recall)),
         "OF1": float(np.sum(weights * pc.f1)),
         "macro_f1": float(pc.f1[present].mean()) if present.any() else 0.0,
+    }
+
+
+def paired_comparison(correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, float | int]:
+    """Two classifiers scored on the same examples: is A's accuracy really above B's?
+
+    Comparing two accuracies as if they came from independent samples overstates the noise: most
+    examples are right (or wrong) for both models, and only the disagreements carry information.
+    This looks at those alone.
+
+    Args:
+        correct_a, correct_b: (N,) booleans, whether each model got example i right.
+
+    Returns:
+        `n`; `a_only` and `b_only`, the examples only A (only B) got right; `diff`, A's accuracy
+        minus B's; `ci95_low`/`ci95_high`, a 95 % interval on `diff` from the paired normal
+        approximation; `p_value`, the exact two-sided McNemar test of "A and B are equally
+        accurate" (a binomial test on the disagreements).
+    """
+    a = np.asarray(correct_a, dtype=bool)
+    b = np.asarray(correct_b, dtype=bool)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"need two (N,) vectors, got shapes {a.shape} and {b.shape}")
+    n = int(a.size)
+    a_only, b_only = int(np.sum(a & ~b)), int(np.sum(~a & b))
+    diff = (a_only - b_only) / n if n else 0.0
+    # variance of the mean of d_i in {-1, 0, 1}: (E[d^2] - E[d]^2) / n
+    se = math.sqrt(max((a_only + b_only) / n - diff**2, 0.0) / n) if n else 0.0
+    m = a_only + b_only
+    tail = sum(math.comb(m, k) for k in range(min(a_only, b_only) + 1))
+    p = min(1.0, float(Fraction(2 * tail, 2**m))) if m else 1.0
+    return {
+        "n": n,
+        "a_only": a_only,
+        "b_only": b_only,
+        "diff": diff,
+        "ci95_low": diff - 1.96 * se,
+        "ci95_high": diff + 1.96 * se,
+        "p_value": p,
     }
 
 
