@@ -51,6 +51,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--hidden", type=int, default=512)
     p.add_argument(
+        "--messages",
+        default="label",
+        choices=("label", "latent"),
+        help="what the unified head's levels pass each other",
+    )
+    p.add_argument(
         "--class-weights",
         default="none",
         choices=CLASS_WEIGHTS,
@@ -102,7 +108,9 @@ def base_config(args: argparse.Namespace, head: str, epochs: int):
             workers=args.workers,
             cache_dir=str(args.out / "cache"),
         ),
-        model=ModelConfig(backbone=args.backbone, head=head, hidden=args.hidden),
+        model=ModelConfig(
+            backbone=args.backbone, head=head, hidden=args.hidden, messages=args.messages
+        ),
         epochs=epochs,
         batch_size=args.batch_size,
         lr=args.lr,

@@ -60,10 +60,11 @@ def test_flat_head_gives_marginals_of_leaves() -> None:
         assert torch.allclose(p0[:, node], leaf_p[:, leaves].sum(1), atol=1e-5)
 
 
-def test_unified_head_passes_messages_both_ways() -> None:
+@pytest.mark.parametrize("messages", ["latent", "label"])
+def test_unified_head_passes_messages_both_ways(messages: str) -> None:
     """Level 1's logits depend on level 0's branch (top-down) and vice versa (bottom-up)."""
     torch.manual_seed(0)
-    head = create_head("unified", 8, RAGGED, 2, hidden=8, dropout=0.0).eval()
+    head = create_head("unified", 8, RAGGED, 2, hidden=8, dropout=0.0, messages=messages).eval()
     x = torch.randn(3, 8)
     base = head(x)
     with torch.no_grad():
@@ -76,6 +77,29 @@ def test_unified_head_passes_messages_both_ways() -> None:
     changed = head(x)
     assert not torch.allclose(base[0], changed[0])  # bottom-up
     assert not torch.allclose(base[2], changed[2])  # attributes see the class probabilities
+
+
+def test_unified_latent_messages_are_hidden_to_hidden_and_label_ones_go_through_classes() -> None:
+    latent = create_head("unified", 8, RAGGED, 0, hidden=6, messages="latent")
+    label = create_head("unified", 8, RAGGED, 0, hidden=6, messages="label")
+    assert [m.weight.shape for m in latent.down_msgs] == [(6, 6)]
+    assert [m.weight.shape for m in label.down_msgs] == [(6, RAGGED.sizes[0])]
+    assert not hasattr(latent, "down_classifiers")
+    with pytest.raises(ModelError, match="messages"):
+        create_head("unified", 8, RAGGED, 0, messages="both")
+
+
+def test_a_run_dir_from_before_the_messages_option_loads_as_label(tmp_path: Path) -> None:
+    """model.json files written before `messages` existed name no messages: they were label."""
+    spec = make_spec("unified")
+    assert "messages" not in spec.head
+    torch.manual_seed(0)
+    model = build_model(spec).eval()
+    assert model.head.messages == "label"
+    save_model(tmp_path / "old", model, spec)
+    loaded, _ = load_model(tmp_path / "old")  # strict load: every key of the old head is there
+    x = torch.randn(2, 3, 32, 24)
+    assert torch.allclose(model(x)[2], loaded(x)[2])
 
 
 def test_loss_masks_missing_levels_and_weights_classes() -> None:
@@ -100,9 +124,11 @@ def test_class_weights_inverse_mean_one() -> None:
     assert class_weights(levels, (3, 2), "none")[0].tolist() == [1.0, 1.0, 1.0]
 
 
-@pytest.mark.parametrize("kind", ["unified", "multi", "flat"])
+@pytest.mark.parametrize("kind", ["unified", "unified-latent", "multi", "flat"])
 def test_probabilities_and_load_model_round_trip(tmp_path: Path, kind: str) -> None:
-    spec = make_spec(kind)
+    spec = make_spec(kind.split("-")[0])
+    if kind == "unified-latent":
+        spec.head["messages"] = "latent"
     torch.manual_seed(1)
     model = build_model(spec).eval()
     x = torch.randn(2, 3, 32, 24)
@@ -113,7 +139,7 @@ def test_probabilities_and_load_model_round_trip(tmp_path: Path, kind: str) -> N
     save_model(tmp_path / kind, model, spec)
     loaded, spec2 = load_model(tmp_path / kind)
     assert not loaded.training
-    assert spec2.head["kind"] == kind
+    assert spec2.head == spec.head
     for a, b in zip(model(x), loaded(x), strict=True):
         assert torch.allclose(a, b)
 

@@ -69,6 +69,7 @@ def test_run_dir_contents(tmp_path: Path) -> None:
     assert len(rows) == 8 and float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
     cfg = run.config
     assert cfg["training"]["model"]["head"] == "unified" and cfg["training"]["epochs"] == 8
+    assert run.spec.head["messages"] == "label"
     assert cfg["training"]["throughput"]["images_per_s"] > 0
     assert 0 <= cfg["training"]["throughput"]["data_fraction"] < 1
     assert cfg["data"]["counts"]["train"] > 100 and len(cfg["data"]["fingerprint"]) == 16
@@ -213,6 +214,7 @@ def test_cli_train_json_and_existing_run_error(small: Path, tmp_path: Path) -> N
         (lambda: TrainConfig(lr="fast"), "--lr"),
         (lambda: TrainConfig(schedule="linear"), "--schedule"),
         (lambda: ModelConfig(head="tree"), "--head"),
+        (lambda: ModelConfig(messages="both"), "--messages"),
         (lambda: ModelConfig(weights="/no/such/file"), "--weights"),
         (lambda: ModelConfig(pretrained=True, weights=__file__), "--pretrained"),
         (lambda: DataConfig(image_size=(2, 2)), "--image-size"),
@@ -241,6 +243,12 @@ def test_config_round_trip_and_max_time() -> None:
     assert (
         DataConfig(augment=True).augment == "full" and DataConfig(augment=False).augment == "none"
     )
+    # and from before the unified head's messages were an option: they built label messages
+    old = cfg.to_dict()
+    del old["model"]["messages"]
+    assert TrainConfig.from_dict(old).model.messages == "label"
+    latent = TrainConfig(model=ModelConfig(messages="latent"))
+    assert TrainConfig.from_dict(json.loads(json.dumps(latent.to_dict()))) == latent
 
 
 def test_detect_kind(tmp_path: Path) -> None:

@@ -55,6 +55,9 @@ def train_cmd(
     schedule: str = typer.Option("onecycle", "--schedule", help="onecycle, cosine or constant."),
     hidden: int = typer.Option(1024, "--hidden", help="Units per head branch."),
     dropout: float = typer.Option(0.3, "--dropout"),
+    messages: str = typer.Option(
+        "label", "--messages", help="Unified head: levels pass label (class) or latent messages."
+    ),
     head_weight_decay: float = typer.Option(
         5e-4, "--head-weight-decay", help="L2 of the head branches."
     ),
@@ -134,7 +137,7 @@ def train_cmd(
                 cache_dir=str(cache_dir) if cache_dir else None,
             ),
             model=ModelConfig(
-                backbone=backbone, head=head, hidden=hidden, dropout=dropout,
+                backbone=backbone, head=head, hidden=hidden, dropout=dropout, messages=messages,
                 head_weight_decay=head_weight_decay, pretrained=pretrained,
                 weights=str(weights) if weights else None, freeze_backbone=freeze_backbone,
                 freeze_backbone_epochs=freeze_backbone_epochs,

@@ -92,6 +92,9 @@ class ModelConfig:
         head: unified (Ferreira et al. 2018), multi or flat. `--head`.
         hidden: units of each head branch (0 = no hidden layer). `--hidden`.
         dropout: dropout after each branch's ReLU. `--dropout`.
+        messages: what the unified head's levels pass each other: "label" (their class
+            probabilities) or "latent" (their hidden representations, as the paper describes
+            it; measured 0.4 point lower on articleType, see BENCHMARKS.md). `--messages`.
         head_weight_decay: L2 penalty on the head branches (5e-4 in the paper).
             `--head-weight-decay`.
         pretrained: start from timm's ImageNet weights (needs network). `--pretrained`.
@@ -107,6 +110,7 @@ class ModelConfig:
     head: str = "unified"
     hidden: int = 1024
     dropout: float = 0.3
+    messages: str = "label"
     head_weight_decay: float = 5e-4
     pretrained: bool = False
     weights: str | None = None
@@ -114,12 +118,13 @@ class ModelConfig:
     freeze_backbone_epochs: int = 0
 
     def __post_init__(self) -> None:
-        from fashion_tagger.training.model import list_heads
+        from fashion_tagger.training.model import MESSAGES, list_heads
 
         _check(bool(self.backbone), "--backbone must name a model")
         _check(self.head in list_heads(), f"--head must be one of {', '.join(list_heads())}")
         _check(self.hidden >= 0, "--hidden must be 0 or more")
         _check(0.0 <= self.dropout < 1.0, "--dropout must be in [0, 1)")
+        _check(self.messages in MESSAGES, f"--messages must be one of {', '.join(MESSAGES)}")
         _check(self.head_weight_decay >= 0, "--head-weight-decay must be 0 or more")
         _check(
             not (self.pretrained and self.weights),

@@ -215,16 +215,28 @@ class FlatHead(nn.Module):
         return (*levels, self.attr_classifier(self.attr_branch(features)))
 
 
+#: What the unified head's levels pass each other. "label": a projection of the neighbour's class
+#: probabilities, as in the SINN model the paper started from (the default, and what every run dir
+#: written before the option existed holds). "latent": a projection of the neighbour's hidden
+#: representation, as Ferreira et al. describe moving the message passing "into an enriched
+#: latent space". From scratch on the products data the two are within noise of each other.
+MESSAGES = ("label", "latent")
+
+
 @register_head("unified")
 class UnifiedHead(nn.Module):
     """The structured-output head of Ferreira et al. (2018, arXiv:1806.09445), generalised.
 
     One dense branch per level and one for attributes on the pooled features; then message
-    passing: a top-down pass where level l's representation receives a learned projection of
-    level l-1's class probabilities, and a bottom-up pass where it receives a projection of level
-    l+1's refined probabilities. Final level logits come from the refined representations;
-    attribute logits from their branch plus a projection of the refined class probabilities of
-    every level (the leaf level, and the shallower levels for paths that stop early).
+    passing over the levels, top-down (level l receives from level l-1, already refined) and
+    back up (level l receives from level l+1, refined on the way up), each step a residual
+    `relu(own + message)`. Final level logits come from the refined representations; attribute
+    logits from their branch plus a projection of the class probabilities of every level (the
+    leaf level, and the shallower levels for paths that stop early).
+
+    `messages` says what a message is made of: see `MESSAGES`. With "label", the top-down
+    message is a projection of an auxiliary (unsupervised) classifier's probabilities at the
+    parent level and the bottom-up one a projection of the child's final probabilities.
     """
 
     def __init__(
@@ -234,37 +246,50 @@ class UnifiedHead(nn.Module):
         num_attributes: int,
         hidden: int = 1024,
         dropout: float = 0.3,
+        messages: str = "label",
         **_: Any,
     ) -> None:
         super().__init__()
+        if messages not in MESSAGES:
+            raise ModelError(f"unknown messages {messages!r}; choose one of {', '.join(MESSAGES)}")
+        self.messages = messages
         hidden = hidden if hidden > 0 else in_features
         sizes = taxonomy.sizes
         self.branches = nn.ModuleList(_branch(in_features, hidden, dropout) for _ in sizes)
-        self.down_classifiers = nn.ModuleList(nn.Linear(hidden, n) for n in sizes)
-        self.down_msgs = nn.ModuleList(nn.Linear(n, hidden) for n in sizes[:-1])
-        self.up_msgs = nn.ModuleList(nn.Linear(n, hidden) for n in sizes[1:])
+        if messages == "label":
+            self.down_classifiers = nn.ModuleList(nn.Linear(hidden, n) for n in sizes)
+            self.down_msgs = nn.ModuleList(nn.Linear(n, hidden) for n in sizes[:-1])
+            self.up_msgs = nn.ModuleList(nn.Linear(n, hidden) for n in sizes[1:])
+        else:
+            self.down_msgs = nn.ModuleList(nn.Linear(hidden, hidden) for _ in sizes[:-1])
+            self.up_msgs = nn.ModuleList(nn.Linear(hidden, hidden) for _ in sizes[1:])
         self.classifiers = nn.ModuleList(nn.Linear(hidden, n) for n in sizes)
         self.attr_branch = _branch(in_features, hidden, dropout)
         self.attr_classifier = nn.Linear(hidden, num_attributes)
         self.attr_msg = nn.Linear(sum(sizes), num_attributes)
 
+    def _down(self, lvl: int, parent: Tensor) -> Tensor:
+        """The message from level lvl-1's refined representation to level lvl."""
+        if self.messages == "label":
+            parent = torch.softmax(self.down_classifiers[lvl - 1](parent), dim=1)
+        return self.down_msgs[lvl - 1](parent)
+
+    def _up(self, lvl: int, child: Tensor, child_logits: Tensor) -> Tensor:
+        """The message from level lvl+1 to level lvl."""
+        src = torch.softmax(child_logits, dim=1) if self.messages == "label" else child
+        return self.up_msgs[lvl](src)
+
     def forward(self, features: Tensor) -> tuple[Tensor, ...]:
         depth = len(self.branches)
-        reps = [b(features) for b in self.branches]
-        down: list[Tensor] = []
-        for lvl in range(depth):
-            r = reps[lvl]
-            if lvl > 0:
-                parent_p = torch.softmax(self.down_classifiers[lvl - 1](down[lvl - 1]), dim=1)
-                r = F.relu(r + self.down_msgs[lvl - 1](parent_p))
-            down.append(r)
+        down = [b(features) for b in self.branches]
+        for lvl in range(1, depth):
+            down[lvl] = F.relu(down[lvl] + self._down(lvl, down[lvl - 1]))
+        up = list(down)
         logits: list[Tensor] = [torch.empty(0)] * depth
         for lvl in reversed(range(depth)):
-            r = down[lvl]
             if lvl < depth - 1:
-                child_p = torch.softmax(logits[lvl + 1], dim=1)
-                r = F.relu(r + self.up_msgs[lvl](child_p))
-            logits[lvl] = self.classifiers[lvl](r)
+                up[lvl] = F.relu(down[lvl] + self._up(lvl, up[lvl + 1], logits[lvl + 1]))
+            logits[lvl] = self.classifiers[lvl](up[lvl])
         probs = torch.cat([torch.softmax(z, dim=1) for z in logits], dim=1)
         attrs = self.attr_classifier(self.attr_branch(features)) + self.attr_msg(probs)
         return (*logits, attrs)

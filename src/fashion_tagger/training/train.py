@@ -48,6 +48,8 @@ def resolve_spec(ds: Dataset, config: TrainConfig) -> ModelSpec:
     m, d = config.model, config.data
     defaults = backbone_data_config(m.backbone, d.channels)
     head = {"kind": m.head, "hidden": m.hidden, "dropout": m.dropout}
+    if m.head == "unified":
+        head["messages"] = m.messages
     return ModelSpec(
         model_id="",
         backbone={
