@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fashion_tagger.training.config import AUGMENT, CLASS_WEIGHTS
+from fashion_tagger.training.config import AUGMENT, CLASS_WEIGHTS, MESSAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ROOT.parent / "shared" / "datasets"
@@ -53,7 +53,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--messages",
         default="label",
-        choices=("label", "latent"),
+        choices=MESSAGES,
         help="what the unified head's levels pass each other",
     )
     p.add_argument(

@@ -23,6 +23,7 @@ from torch.nn import functional as F
 from fashion_tagger.errors import FashionTaggerError, RunDirError
 from fashion_tagger.rundir import ModelSpec, RunDir
 from fashion_tagger.taxonomy import Taxonomy
+from fashion_tagger.training.config import MESSAGES
 
 SIMPLE_CNN = "simple-cnn"
 SIMPLE_CNN_SIZE = (64, 64)
@@ -213,14 +214,6 @@ class FlatHead(nn.Module):
             for lvl in range(self.depth)
         ]
         return (*levels, self.attr_classifier(self.attr_branch(features)))
-
-
-#: What the unified head's levels pass each other. "label": a projection of the neighbour's class
-#: probabilities, as in the SINN model the paper started from (the default, and what every run dir
-#: written before the option existed holds). "latent": a projection of the neighbour's hidden
-#: representation, as Ferreira et al. describe moving the message passing "into an enriched
-#: latent space". From scratch on the products data the two are within noise of each other.
-MESSAGES = ("label", "latent")
 
 
 @register_head("unified")
