@@ -1,7 +1,7 @@
 """Crawl speed and crash safety against the fake marketplace (no network beyond 127.0.0.1).
 
 Three measurements, each a real `fashion-tagger crawl vinted` subprocess against
-`fashion_tagger.sources.vinted.fake_server` (answers delayed by --latency, 20 ms by default):
+`fashion_tagger.testing.fake_marketplace` (answers delayed by --latency, 20 ms by default):
 
 1. polite: the default politeness (--delay 1.0 --concurrency 2) on a small market;
 2. fast: --delay 0 --concurrency 8 on a larger one;
@@ -29,7 +29,7 @@ from collections import Counter
 from pathlib import Path
 
 from fashion_tagger.dataset.core import Dataset
-from fashion_tagger.sources.vinted.fake_server import FakeVinted
+from fashion_tagger.testing.fake_marketplace import FakeVinted
 
 CLI = [sys.executable, "-c", "from fashion_tagger.cli import main; main()"]
 

@@ -6,7 +6,7 @@ import sqlite3
 from pathlib import Path
 
 from fashion_tagger.sources.vinted import CrawlConfig, Politeness
-from fashion_tagger.sources.vinted.fake_server import FakeVinted
+from fashion_tagger.testing.fake_marketplace import FakeVinted
 
 
 def fast(fake: FakeVinted, per_category: int = 10, **kw) -> CrawlConfig:

@@ -163,13 +163,6 @@ def decode(source: bytes | str | Path, size: int | None = None) -> Image.Image:
         raise ImageError("corrupt", str(exc) or type(exc).__name__) from exc
 
 
-def encode_jpeg(img: Image.Image, quality: int = 90) -> bytes:
-    """JPEG bytes of `img` (converted to RGB first, since JPEG has no alpha)."""
-    buf = io.BytesIO()
-    to_rgb(img).save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
-
-
 def encode_png(img: Image.Image) -> bytes:
     """Lossless PNG bytes of `img` in its own mode (e.g. greyscale stays one channel)."""
     buf = io.BytesIO()

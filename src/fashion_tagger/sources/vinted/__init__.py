@@ -1,4 +1,4 @@
-"""The Vinted marketplace as a dataset source: a polite, resumable crawler and a fake server.
+"""The Vinted marketplace as a dataset source: a polite, resumable crawler.
 
 `crawl_vinted(out, CrawlConfig(...))` is the one entry point; see `crawler.py`. The API's
 endpoints and field names live in `api.py` only.

@@ -14,11 +14,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-HOME_PATH = "/"
 ITEMS_PATH = "/api/v2/catalog/items"
 DETAIL_PATHS = ("/api/v2/items/{id}", "/api/v2/items/{id}/details")
 INITIALIZERS_PATH = "/api/v2/catalog/initializers"
-AUTH_COOKIE = "access_token_web"
 MAX_PER_PAGE = 96
 ORDER = "newest_first"
 

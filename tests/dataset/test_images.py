@@ -3,30 +3,14 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
+from broken_images import BROKEN
 from conftest import image_bytes
 from PIL import Image
 
 from fashion_tagger.dataset import images
-
-
-def _png_header(width: int, height: int) -> bytes:
-    """A PNG whose IHDR claims `width` x `height` (the classic decompression bomb shape)."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    chunk = b"IHDR" + ihdr
-    body = struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
-    idat = zlib.compress(b"\0" * 64)
-    body += (
-        struct.pack(">I", len(idat))
-        + b"IDAT"
-        + idat
-        + struct.pack(">I", zlib.crc32(b"IDAT" + idat))
-    )
-    return b"\x89PNG\r\n\x1a\n" + body
 
 
 def test_cmyk_jpeg_becomes_rgb():
@@ -104,14 +88,6 @@ def test_probe_hash_and_size():
     import hashlib
 
     assert info == images.ImageInfo(hashlib.sha256(data).hexdigest(), "png", 7, 5)
-
-
-BROKEN = {
-    "empty": b"",
-    "not_an_image": b"hello, I am a text file renamed to .jpg\n",
-    "decompression_bomb": _png_header(20000, 20000),
-    "corrupt": image_bytes("JPEG", size=(64, 64))[:-300],  # truncated
-}
 
 
 @pytest.mark.parametrize("reason", sorted(BROKEN))

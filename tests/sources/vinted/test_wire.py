@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from fashion_tagger.sources.vinted.fake_server import FakeVinted, photo_bytes
 from fashion_tagger.sources.vinted.wire import WireBroken, WireTransport, journal_path
+from fashion_tagger.testing.fake_marketplace import FakeVinted, photo_bytes
 
 
 def _get(transport: WireTransport, *urls: str) -> list[httpx.Response]:

@@ -11,7 +11,7 @@ query, so a test can check that nothing was fetched twice.
 
 Run it by hand and crawl it:
 
-    python -m fashion_tagger.sources.vinted.fake_server --port 8765 --categories 5 \\
+    python -m fashion_tagger.testing.fake_marketplace --port 8765 --categories 5 \\
         --items-per-category 40 --latency 0.02 [--faults rate_limit_every=7,server_error_every=11]
     fashion-tagger crawl vinted --base-url http://127.0.0.1:8765 --out data/fake --delay 0
 

@@ -13,7 +13,7 @@ from vinted_fixtures import expected, fast
 from fashion_tagger.cli import app
 from fashion_tagger.dataset.core import Dataset
 from fashion_tagger.sources.vinted import CrawlError, crawl_status, crawl_vinted
-from fashion_tagger.sources.vinted.fake_server import FakeVinted
+from fashion_tagger.testing.fake_marketplace import FakeVinted
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from vinted_fixtures import done_photos, expected, fast
 from fashion_tagger.cli import app
 from fashion_tagger.dataset.core import Dataset
 from fashion_tagger.sources.vinted import Blocked, crawl_status, crawl_vinted
-from fashion_tagger.sources.vinted.fake_server import FakeVinted, Faults
+from fashion_tagger.testing.fake_marketplace import FakeVinted, Faults
 
 
 def _crawl(tmp_path, faults: Faults, per_category: int = 4, **kw):

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from fashion_tagger.sources.vinted import api, categories
-from fashion_tagger.sources.vinted.fake_server import FakeVinted
+from fashion_tagger.testing.fake_marketplace import FakeVinted
 
 TREE = [
     {
@@ -210,7 +210,7 @@ def test_select_by_id_title_and_path():
 def test_fake_server_faults_and_control_endpoints():
     import httpx
 
-    from fashion_tagger.sources.vinted.fake_server import Faults
+    from fashion_tagger.testing.fake_marketplace import Faults
 
     f = Faults.parse("rate_limit_every=7, retry_after=0.5")
     assert (f.rate_limit_every, f.retry_after, f.server_error_every) == (7, 0.5, 0)

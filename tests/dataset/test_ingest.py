@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from broken_images import BROKEN
 from conftest import image_bytes
-from test_images import BROKEN
 from typer.testing import CliRunner
 
 from fashion_tagger.cli import app
@@ -147,7 +147,7 @@ def test_stored_images_are_readable_by_others(tmp_path):
 
 KILLED_IMPORT = """
 import os, signal, sys
-sys.path.insert(0, {tests!r})
+sys.path[:0] = [{tests!r}, {here!r}]
 from fashion_tagger.dataset import ingest
 from test_ingest import _records
 ingest.BATCH, ingest.FLUSH_ROWS = 2, 2
@@ -169,7 +169,8 @@ def test_killed_import_resumes(tmp_path, monkeypatch):
     from pathlib import Path
 
     out = tmp_path / "ds"
-    code = KILLED_IMPORT.format(tests=str(Path(__file__).parent), out=str(out))
+    here = Path(__file__).parent
+    code = KILLED_IMPORT.format(tests=str(here.parent), here=str(here), out=str(out))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == -9, proc.stderr
     assert len(list((out / ingest.STATE_DIR).glob("part-*.parquet"))) >= 1

@@ -15,7 +15,7 @@ from collections import Counter
 from vinted_fixtures import done_pages, done_photos, expected
 
 from fashion_tagger.dataset.core import Dataset
-from fashion_tagger.sources.vinted.fake_server import FakeVinted
+from fashion_tagger.testing.fake_marketplace import FakeVinted
 
 PER_CATEGORY = 24
 CONCURRENCY = 2
