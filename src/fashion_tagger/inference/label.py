@@ -1,0 +1,300 @@
+"""`fashion-tagger label`: auto-label photos with a trained model into a dataset dir.
+
+The garment-classifier recipe: train on what is labelled, then tag the photos nobody labelled
+(a crawl of another shop, a folder of scraped images) and keep the answers the model is sure of.
+Each photo becomes a row of an ordinary dataset dir (content-addressed image, items.parquet,
+dataset.json) with `source="predicted"` and the predicted path and its confidence in `meta`.
+Rows at or above `min_confidence` are labelled with the predicted path; the others stay
+unlabelled (`labels=[]`) and join `label_issues.parquet` as `kind="low_confidence"`, the queue
+of the review page. `dataset relabel` with accepted decisions turns them into labelled rows.
+Re-running over the same dataset dir adds only photos whose bytes it does not hold yet.
+The review page itself is `evaluation.review` (a layer above); the CLI writes it after this.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fashion_tagger import _progress
+from fashion_tagger._io import atomic_path
+from fashion_tagger.dataset import images, manifest, store
+from fashion_tagger.dataset.core import Dataset
+from fashion_tagger.errors import DatasetError, FashionTaggerError
+from fashion_tagger.inference.predict import expand_inputs
+from fashion_tagger.inference.tagger import Prediction, Tagger
+
+SOURCE = "predicted"
+ISSUES_FILE = "label_issues.parquet"
+LOW_CONFIDENCE = "low_confidence"
+ISSUES_SCHEMA = pa.schema(
+    [
+        pa.field("item_id", pa.string()),
+        pa.field("image", pa.string()),
+        pa.field("given", pa.list_(pa.string())),
+        pa.field("suggested", pa.list_(pa.string())),
+        pa.field("score", pa.float64()),
+        pa.field("kind", pa.string()),
+        pa.field("level", pa.string()),
+        pa.field("is_issue", pa.bool_()),
+    ]
+)
+"""The columns of label_issues.parquet this module writes (the audit writes the same ones)."""
+
+
+@dataclass
+class LabelSummary:
+    """What one `label` run did.
+
+    Attributes:
+        photos: image files found in the inputs.
+        added: new rows written (labelled + queued).
+        labelled: rows at or above `min_confidence`, labelled with the predicted path.
+        queued: rows under it, left unlabelled and queued for review.
+        already: photos whose bytes the dataset dir held already (skipped).
+        skipped: unreadable photos, each {"file", "reason", "detail"}.
+        review_page: the review page written for the queue (by the caller), if any.
+    """
+
+    out: str
+    run: str
+    min_confidence: float
+    photos: int = 0
+    added: int = 0
+    labelled: int = 0
+    queued: int = 0
+    already: int = 0
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    review_page: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _Photo:
+    file: Path
+    item_id: str
+    data: bytes
+    info: images.ImageInfo
+
+
+def _item_id(file: Path, roots: Sequence[Path]) -> str:
+    """The file's path below the input folder it came from, without extension (as `import
+    folders` names items); a file given directly is named by its stem."""
+    for root in roots:
+        if root.is_dir() and file.is_relative_to(root):
+            return file.relative_to(root).with_suffix("").as_posix()
+    return file.stem
+
+
+def _read(
+    files: Sequence[Path], roots: Sequence[Path], known: set[str], summary: LabelSummary
+) -> list[_Photo]:
+    """Read and validate a batch; drop photos already in the dataset or seen in this run."""
+    out = []
+    for f in files:
+        try:
+            data = f.read_bytes()
+        except OSError as exc:
+            summary.skipped.append({"file": str(f), "reason": "unreadable", "detail": str(exc)})
+            continue
+        sha = hashlib.sha256(data).hexdigest()
+        if sha in known:
+            summary.already += 1
+            continue
+        try:
+            info = images.probe(data, sha)
+        except images.ImageError as exc:
+            summary.skipped.append({"file": str(f), "reason": exc.reason, "detail": exc.detail})
+            continue
+        known.add(sha)
+        out.append(_Photo(f, _item_id(f, roots), data, info))
+    return out
+
+
+def _row(photo: _Photo, pred: Prediction, rel: str, min_confidence: float) -> manifest.ManifestRow:
+    """One manifest row: the path when confident enough, else unlabelled (to review)."""
+    confidence = min(1.0, max(0.0, float(pred.top_k[0]["score"])))
+    accepted = confidence >= min_confidence
+    meta = {
+        "file": photo.file.name,
+        "predicted": pred.labels,
+        "confidence": confidence,
+        "level_scores": {p["level"]: p["score"] for p in pred.path},
+        "predicted_attributes": [a["name"] for a in pred.attributes],
+        "min_confidence": min_confidence,
+        "auto_labelled": accepted,
+    }
+    return manifest.ManifestRow(
+        image=rel,
+        sha256=photo.info.sha256,
+        item_id=photo.item_id,
+        labels=pred.labels if accepted else [],
+        source=SOURCE,
+        source_url=str(photo.file),
+        width=photo.info.width,
+        height=photo.info.height,
+        meta=meta,
+    )
+
+
+def _open_out(out: Path, levels: Sequence[str]) -> Dataset | None:
+    """The dataset dir to add to (None when new); its levels must be the model's."""
+    if not (out / manifest.INFO_FILE).is_file():
+        if out.exists() and not out.is_dir():
+            raise DatasetError(f"--out {out} is a file; give a folder for the dataset dir")
+        return None
+    ds = Dataset.open(out)
+    have = [n for n in ds.level_names if n]
+    if have and list(levels[: len(have)]) != have:
+        raise DatasetError(
+            f"{out} has levels {have} but the model predicts {list(levels)}; "
+            "label into another --out (a new dataset dir)"
+        )
+    return ds
+
+
+def _save(
+    out: Path,
+    ds: Dataset | None,
+    rows: list[manifest.ManifestRow],
+    levels: Sequence[str],
+    args: dict[str, Any],
+) -> Dataset:
+    """Append `rows` to the dataset dir (creating it); dataset.json records the run as a source
+    and a history entry."""
+    new = manifest.rows_to_table(rows)
+    ref = manifest.SourceRef(SOURCE, str(args["run"]), manifest.now())
+    labelled = sum(bool(r.labels) for r in rows)
+    result = {"rows": len(rows), "labelled": labelled, "queued": len(rows) - labelled}
+    if ds is None:
+        info = manifest.DatasetInfo(name=out.resolve().name, levels=tuple(levels), sources=(ref,))
+        return Dataset.create(out, new, info.with_history("label", args, result))
+    ds = ds.with_table(
+        pa.concat_tables([ds.table, new]), levels=tuple(levels), sources=(*ds.info.sources, ref)
+    )
+    return ds.with_history("label", args, result).save()
+
+
+def low_confidence_queue(ds: Dataset) -> pa.Table:
+    """The review queue of a dataset dir: every predicted row still unlabelled, with the
+    predicted path as the suggestion and `score` = 1 - confidence (higher = more doubtful)."""
+    rows = []
+    for i, (labels, source) in enumerate(
+        zip(ds.labels, ds.table.column("source").to_pylist(), strict=True)
+    ):
+        if source != SOURCE or labels:
+            continue
+        meta = ds.meta(i)
+        scores = meta.get("level_scores") or {}
+        worst = min(scores, key=scores.get) if scores else ""
+        rows.append(
+            {
+                "item_id": ds.table.column("item_id")[i].as_py(),
+                "image": ds.table.column("image")[i].as_py(),
+                "given": [],
+                "suggested": list(meta.get("predicted") or []),
+                "score": 1.0 - float(meta.get("confidence", 0.0)),
+                "kind": LOW_CONFIDENCE,
+                "level": worst,
+                "is_issue": True,
+            }
+        )
+    return pa.Table.from_pylist(rows, schema=ISSUES_SCHEMA)
+
+
+def write_queue(ds: Dataset) -> tuple[Path, int]:
+    """Refresh the low-confidence rows of `label_issues.parquet`, keeping the audit's rows.
+
+    Rows of other kinds are kept as they are (with the columns the audit wrote); the
+    low-confidence ones are rebuilt from the manifest, so a row labelled by `dataset relabel`
+    leaves the queue. Returns the file and the queue's length.
+    """
+    path = ds.root / ISSUES_FILE
+    queue = low_confidence_queue(ds)
+    if path.is_file():
+        old = pq.read_table(path)
+        if "kind" in old.column_names:
+            keep = [k != LOW_CONFIDENCE for k in old.column("kind").to_pylist()]
+            old = old.filter(pa.array(keep, type=pa.bool_()))
+        table = pa.concat_tables([old, queue], promote_options="permissive")
+    else:
+        table = queue
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    return path, queue.num_rows
+
+
+def label(
+    run_dir: str | Path,
+    paths: Sequence[str | Path],
+    out_dataset_dir: str | Path,
+    min_confidence: float = 0.9,
+    *,
+    batch_size: int = 32,
+    backend: str = "auto",
+    progress: bool = True,
+) -> LabelSummary:
+    """Predict every photo of `paths` with the model of `run_dir` and add it to a dataset dir.
+
+    Args:
+        paths: files, folders (walked for images) and globs, as `predict` takes them.
+        out_dataset_dir: the dataset dir to create or add to.
+        min_confidence: rows whose path probability is at least this are labelled; the others
+            are queued for review (`label_issues.parquet`, kind "low_confidence").
+
+    Example:
+        >>> label("runs/products", ["scraped/"], "data/scraped", min_confidence=0.9).queued
+        12
+    """
+    if not 0.0 <= min_confidence <= 1.0:
+        raise FashionTaggerError(f"--min-confidence must be in [0, 1], not {min_confidence}")
+    if batch_size < 1:
+        raise FashionTaggerError("--batch-size must be 1 or more")
+    out = Path(out_dataset_dir)
+    files = expand_inputs(paths)
+    if not files:
+        raise FashionTaggerError(f"no images found in {', '.join(map(str, paths))}")
+    tagger = Tagger.load(run_dir, backend=backend)
+    levels = list(tagger.spec.level_names)
+    ds = _open_out(out, levels)
+    summary = LabelSummary(out=str(out), run=str(run_dir), min_confidence=min_confidence)
+    summary.photos = len(files)
+    known = set(ds.table.column("sha256").to_pylist()) if ds is not None else set()
+    roots = [Path(p) for p in paths]
+    rows: list[manifest.ManifestRow] = []
+    with _progress.bar("labelling", total=len(files), enabled=progress) as bar:
+        for start in range(0, len(files), batch_size):
+            batch = files[start : start + batch_size]
+            photos = _read(batch, roots, known, summary)
+            preds = tagger.predict([p.data for p in photos], batch_size=batch_size, top_k=1)
+            for photo, pred in zip(photos, preds, strict=True):
+                if pred.error is not None:
+                    summary.skipped.append(
+                        {"file": str(photo.file), "reason": "unreadable", "detail": pred.error}
+                    )
+                    continue
+                rel = store.put(out, photo.info.sha256, photo.info.ext, photo.data, durable=False)
+                rows.append(_row(photo, pred, rel, min_confidence))
+            bar.advance(len(batch))
+    summary.added = len(rows)
+    summary.labelled = sum(bool(r.labels) for r in rows)
+    summary.queued = summary.added - summary.labelled
+    if not rows:
+        return summary
+    store.sync()  # the images must be on disk before the manifest names them
+    args = {
+        "run": str(run_dir),
+        "inputs": [str(p) for p in paths],
+        "min_confidence": min_confidence,
+    }
+    ds = _save(out, ds, rows, levels, args)
+    write_queue(ds)
+    return summary

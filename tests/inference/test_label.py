@@ -1,0 +1,201 @@
+"""`label`: auto-label photos into a dataset dir; confident rows labelled, the rest queued."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from run_fixtures import PATHS, draw_item, one_thread, shared_tiny_run
+
+from fashion_tagger.dataset import images
+from fashion_tagger.dataset.core import Dataset
+from fashion_tagger.dataset.info import describe
+from fashion_tagger.errors import DatasetError, FashionTaggerError
+from fashion_tagger.inference.label import (
+    ISSUES_FILE,
+    LOW_CONFIDENCE,
+    SOURCE,
+    label,
+    low_confidence_queue,
+    write_queue,
+)
+from fashion_tagger.inference.tagger import Tagger
+
+
+@pytest.fixture(scope="module")
+def run_dir() -> Path:
+    return shared_tiny_run()[0]
+
+
+def make_photos(folder: Path, n: int, seed: int) -> list[Path]:
+    """`n` photos of the synthetic shapes in sub-folders, each one distinct."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        path = PATHS[i % len(PATHS)]
+        f = folder / f"shop{i % 2}" / f"{seed}-{i}.png"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        draw_item(path, bool(rng.integers(2)), rng.random() < 0.3, rng).save(f)
+        out.append(f)
+    return out
+
+
+def run_label(run_dir, paths, out, p):
+    with one_thread():
+        return label(run_dir, paths, out, p, batch_size=8, progress=False)
+
+
+def test_every_photo_becomes_a_predicted_row_and_only_the_doubtful_are_queued(run_dir, tmp_path):
+    make_photos(tmp_path / "photos", 20, seed=1)
+    (tmp_path / "photos" / "notes.png").write_bytes(b"not an image")
+    out = tmp_path / "labelled"
+    s = run_label(run_dir, [tmp_path / "photos"], out, 0.6)
+    assert (s.photos, s.added, len(s.skipped)) == (21, 20, 1)
+    assert s.skipped[0]["file"].endswith("notes.png")
+    assert s.labelled + s.queued == 20 and s.labelled > 0
+
+    ds = Dataset.open(out)
+    info = describe(ds)  # `dataset info` reads it
+    assert info["images"] == 20 and info["missing_images"] == 0
+    assert ds.level_names == ("shape", "colour")
+    tax = Tagger.load(run_dir, backend="torch").spec.taxonomy
+    queue_images = set()
+    for i in range(len(ds)):
+        row = {c: ds.table.column(c)[i].as_py() for c in ("image", "sha256", "labels", "source")}
+        meta = ds.meta(i)
+        assert row["source"] == SOURCE
+        assert 0.0 <= meta["confidence"] <= 1.0
+        assert tax.contains(meta["predicted"]) and len(meta["predicted"]) == 2
+        # content-addressed: the stored bytes hash to the row's sha256
+        assert images.probe((out / row["image"]).read_bytes()).sha256 == row["sha256"]
+        assert row["image"] == f"images/{row['sha256'][:2]}/{row['sha256']}.png"
+        if meta["confidence"] >= 0.6:
+            assert row["labels"] == meta["predicted"] and meta["auto_labelled"]
+        else:
+            assert row["labels"] == [] and not meta["auto_labelled"]
+            queue_images.add(row["image"])
+    assert ds.table.column("item_id")[0].as_py().startswith("shop")  # the path below the folder
+
+    issues = pq.read_table(out / ISSUES_FILE).to_pylist()
+    assert {r["image"] for r in issues} == queue_images and len(issues) == s.queued
+    by_image = {ds.table.column("image")[i].as_py(): ds.meta(i) for i in range(len(ds))}
+    for r in issues:
+        meta = by_image[r["image"]]
+        assert r["kind"] == LOW_CONFIDENCE and r["is_issue"] and r["given"] == []
+        assert r["suggested"] == meta["predicted"]
+        assert r["score"] == pytest.approx(1 - meta["confidence"])
+        assert r["level"] == min(meta["level_scores"], key=meta["level_scores"].get)
+
+
+def test_the_threshold_splits_labelled_from_queued(run_dir, tmp_path):
+    make_photos(tmp_path / "photos", 10, seed=2)
+    everything = run_label(run_dir, [tmp_path / "photos"], tmp_path / "all", 0.0)
+    assert (everything.labelled, everything.queued) == (10, 0)
+    assert (
+        not (tmp_path / "all" / ISSUES_FILE).exists()
+        or not pq.read_table(tmp_path / "all" / ISSUES_FILE).num_rows
+    )
+    nothing = run_label(run_dir, [tmp_path / "photos"], tmp_path / "none", 1.0)
+    assert (nothing.labelled, nothing.queued) == (0, 10)
+    assert pq.read_table(tmp_path / "none" / ISSUES_FILE).num_rows == 10
+
+
+def test_a_rerun_adds_only_new_photos(run_dir, tmp_path):
+    photos = tmp_path / "photos"
+    make_photos(photos, 6, seed=3)
+    out = tmp_path / "ds"
+    first = run_label(run_dir, [photos], out, 0.5)
+    again = run_label(run_dir, [photos], out, 0.5)
+    assert first.added == 6 and (again.added, again.already) == (0, 6)
+    make_photos(photos, 4, seed=4)
+    (photos / "copy.png").write_bytes((photos / "shop0" / "3-0.png").read_bytes())
+    more = run_label(run_dir, [photos], out, 0.5)
+    assert (more.added, more.already) == (4, 7)  # the copy has the bytes of one already there
+    ds = Dataset.open(out)
+    assert len(ds) == 10 and len(set(ds.table.column("sha256").to_pylist())) == 10
+    assert [s.kind for s in ds.info.sources] == [SOURCE, SOURCE]
+    assert [h["op"] for h in ds.info.history] == ["label", "label"]
+    queued = sum(1 for i in range(len(ds)) if not ds.labels[i])
+    assert pq.read_table(out / ISSUES_FILE).num_rows == queued
+
+
+def test_the_same_photo_twice_in_one_run_is_one_row(run_dir, tmp_path):
+    (f,) = make_photos(tmp_path / "a", 1, seed=5)
+    copy = tmp_path / "b" / "copy.png"
+    copy.parent.mkdir()
+    copy.write_bytes(f.read_bytes())
+    s = run_label(run_dir, [f, copy], tmp_path / "ds", 0.5)
+    assert (s.added, s.already) == (1, 1)
+    assert Dataset.open(tmp_path / "ds").table.column("item_id").to_pylist() == [f.stem]
+
+
+def test_labelled_rows_leave_the_queue_and_audit_rows_stay(run_dir, tmp_path):
+    make_photos(tmp_path / "photos", 6, seed=6)
+    out = tmp_path / "ds"
+    run_label(run_dir, [tmp_path / "photos"], out, 1.0)
+    ds = Dataset.open(out)
+    audit_row = {
+        "item_id": "x",
+        "image": ds.table.column("image")[0].as_py(),
+        "given": ["round", "red"],
+        "suggested": ["round", "blue"],
+        "score": 0.8,
+        "kind": "label_error",
+        "level": "colour",
+        "is_issue": True,
+        "extra": 1.5,  # a column the audit may add
+    }
+    table = pa.concat_tables(
+        [pq.read_table(out / ISSUES_FILE), pa.Table.from_pylist([audit_row])],
+        promote_options="permissive",
+    )
+    pq.write_table(table, out / ISSUES_FILE)
+    # accept the first queued row by hand, as `dataset relabel` would
+    labels = ds.labels
+    labels[1] = ds.meta(1)["predicted"]
+    ds = ds.with_table(ds.table.set_column(3, "labels", pa.array(labels, pa.list_(pa.string()))))
+    path, n = write_queue(ds.save())
+    rows = pq.read_table(path).to_pylist()
+    assert n == 5 and len(rows) == 6
+    assert next(r for r in rows if r["kind"] == "label_error")["extra"] == 1.5
+    queued = {r["image"] for r in rows if r["kind"] == LOW_CONFIDENCE}
+    assert ds.table.column("image")[1].as_py() not in queued
+    assert low_confidence_queue(ds).num_rows == 5
+
+
+def test_user_errors_say_how_to_fix_them(run_dir, tmp_path):
+    make_photos(tmp_path / "photos", 2, seed=7)
+    with pytest.raises(FashionTaggerError, match=r"--min-confidence must be in \[0, 1\]"):
+        label(run_dir, [tmp_path / "photos"], tmp_path / "o", 1.5)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FashionTaggerError, match="no images found"):
+        label(run_dir, [tmp_path / "empty"], tmp_path / "o")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "dataset.json").write_text(json.dumps({"format_version": 1, "levels": ["a", "b"]}))
+    pq.write_table(
+        pa.Table.from_pylist(
+            [
+                {
+                    "image": "x.png",
+                    "sha256": "0" * 64,
+                    "item_id": "x",
+                    "labels": ["p", "q"],
+                    "attributes": [],
+                    "split": "",
+                    "source": "x",
+                    "source_url": "",
+                    "width": 1,
+                    "height": 1,
+                    "meta": "{}",
+                }
+            ]
+        ),
+        other / "items.parquet",
+    )
+    with pytest.raises(DatasetError, match="label into another --out"):
+        run_label(run_dir, [tmp_path / "photos"], other, 0.5)
