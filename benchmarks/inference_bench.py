@@ -32,7 +32,7 @@ import numpy as np
 
 def small_spec(backbone: str, size: int):
     """A ModelSpec with a small fashion-like taxonomy (2 levels, 6 leaves, 4 attributes)."""
-    from fashion_tagger.rundir import ModelSpec
+    from fashion_tagger.model import ModelSpec
     from fashion_tagger.taxonomy import Taxonomy
 
     tax = Taxonomy.from_paths(
@@ -216,7 +216,7 @@ def main() -> None:
 
     import torch
 
-    from fashion_tagger.training.model import build_model, load_model
+    from fashion_tagger.model.load import build_model, load_model
 
     models = []
     if args.run:

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fashion_tagger.training.config import AUGMENT, CLASS_WEIGHTS, MESSAGES
+from fashion_tagger.model.spec import MESSAGES
+from fashion_tagger.training.config import AUGMENT, CLASS_WEIGHTS
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ROOT.parent / "shared" / "datasets"
@@ -129,7 +130,7 @@ def score(run_dir: Path, dataset_dir: Path, split: str, cache: Path) -> tuple[di
     from sklearn.metrics import accuracy_score, average_precision_score, f1_score
 
     from fashion_tagger.dataset.core import Dataset
-    from fashion_tagger.inference.preprocess import normalize
+    from fashion_tagger.model.preprocess import normalize
     from fashion_tagger.inference.tagger import Tagger
     from fashion_tagger.training.data import load_split
 
@@ -174,7 +175,7 @@ def throughput(args: argparse.Namespace, products: Path, steps: int = 12) -> dic
     import torch
 
     from fashion_tagger.dataset.core import Dataset
-    from fashion_tagger.training.model import build_model
+    from fashion_tagger.model.load import build_model
     from fashion_tagger.training.module import TaggerModule, hierarchy_loss
     from fashion_tagger.training.train import resolve_spec
 
@@ -210,7 +211,7 @@ def sample_check(args: argparse.Namespace, products: Path) -> dict:
     """`train` on a 2,000-image sample for one epoch: wall time of the whole call."""
     from fashion_tagger.dataset import ops
     from fashion_tagger.dataset.core import Dataset
-    from fashion_tagger.rundir import RunDir
+    from fashion_tagger.model.rundir import RunDir
     from fashion_tagger.training.train import train
 
     sample = args.out / "sample2000"
@@ -237,7 +238,7 @@ def sample_check(args: argparse.Namespace, products: Path) -> dict:
 
 def run_heads(args: argparse.Namespace, products: Path) -> tuple[dict, dict[str, np.ndarray]]:
     from fashion_tagger.dataset.core import Dataset
-    from fashion_tagger.rundir import RunDir
+    from fashion_tagger.model.rundir import RunDir
     from fashion_tagger.training.train import plan_budget, train
 
     counts = Dataset.open(products).split_counts()
@@ -303,7 +304,7 @@ def paired_table(pairs: dict) -> str:
 
 def run_clothing(args: argparse.Namespace) -> dict:
     from fashion_tagger.dataset.core import Dataset
-    from fashion_tagger.rundir import RunDir
+    from fashion_tagger.model.rundir import RunDir
     from fashion_tagger.sources.folders import import_folders
     from fashion_tagger.training.config import DataConfig
     from fashion_tagger.training.train import plan_budget, train

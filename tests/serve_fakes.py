@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+from decode_reference import best_path
 from PIL import Image
 
 from fashion_tagger.dataset import images
@@ -101,7 +102,7 @@ class FakePredictor:
         out = []
         for i in range(len(attrs)):
             logs = [np.log(lv[i] + 1e-12) for lv in levels]
-            idx, _ = TAXONOMY.best_path(logs)
+            idx, _ = best_path(TAXONOMY, logs)
             path = [
                 {
                     "level": TAXONOMY.level_names[lvl],
@@ -174,8 +175,8 @@ def make_random_run(
     import torch
 
     from fashion_tagger.dataset.core import Dataset
-    from fashion_tagger.rundir import ModelSpec, save_model
-    from fashion_tagger.training.model import build_model
+    from fashion_tagger.model import ModelSpec, save_model
+    from fashion_tagger.model.load import build_model
 
     ds = Dataset.open(dataset)
     spec = ModelSpec(

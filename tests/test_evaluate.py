@@ -16,7 +16,7 @@ from fashion_tagger.dataset.core import Dataset
 from fashion_tagger.evaluation import calibrate, evaluate
 from fashion_tagger.evaluation.evaluate import EvaluationError
 from fashion_tagger.inference.tagger import Tagger
-from fashion_tagger.rundir import RunDir
+from fashion_tagger.model.rundir import RunDir
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +145,7 @@ def test_calibrate_stores_max_f1_thresholds(tiny, tmp_path):
     assert r["OF1"]["after"] >= r["OF1"]["before"] - 1e-12
 
     # brute force: no candidate threshold beats the stored one's F1 on val
-    from fashion_tagger.inference.preprocess import load_for_model
+    from fashion_tagger.model.preprocess import load_for_model
 
     val = Dataset.open(data_dir).split("val")
     tagger = Tagger.load(run_dir, backend="torch")

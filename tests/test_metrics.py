@@ -4,10 +4,12 @@ import math
 
 import numpy as np
 import pytest
+from decode_reference import best_path
 from sklearn import metrics as skm
 
 from fashion_tagger.evaluation import hierarchy, metrics
-from fashion_tagger.evaluation.scoring import Truth, consistent_paths, encode_truth, score
+from fashion_tagger.evaluation.scoring import Truth, encode_truth, score
+from fashion_tagger.model.decode import LeafTable
 from fashion_tagger.taxonomy import Taxonomy
 
 # 5 classes; class 3 is never predicted, class 4 never true nor predicted
@@ -255,9 +257,9 @@ def test_valid_paths_and_error_split(tax):
 def test_consistent_paths_equal_taxonomy_best_path(tax):
     rng = np.random.default_rng(1)
     levels = [rng.dirichlet(np.ones(n), size=40) for n in tax.sizes]
-    got = consistent_paths(tax, levels)
+    got = LeafTable.from_taxonomy(tax).best_paths(levels)
     for i in range(40):
-        idx, _ = tax.best_path([np.log(p[i]) for p in levels])
+        idx, _ = best_path(tax, [np.log(p[i]) for p in levels])
         assert list(got[i][: len(idx)]) == idx and (got[i][len(idx) :] == -1).all()
 
 

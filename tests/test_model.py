@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -9,19 +10,12 @@ import pytest
 import torch
 from test_rundir import make_spec
 
-from fashion_tagger.rundir import save_model
+from fashion_tagger.model import ModelError, save_model
+from fashion_tagger.model.backbones import SimpleCNN, backbone_data_config
+from fashion_tagger.model.heads import create_head, list_heads
+from fashion_tagger.model.load import build_model, load_backbone_weights, load_model
 from fashion_tagger.taxonomy import Taxonomy
 from fashion_tagger.training.data import augment, augment_light, class_weights
-from fashion_tagger.training.model import (
-    ModelError,
-    SimpleCNN,
-    backbone_data_config,
-    build_model,
-    create_head,
-    list_heads,
-    load_backbone_weights,
-    load_model,
-)
 from fashion_tagger.training.module import hierarchy_loss
 
 RAGGED = Taxonomy.from_paths([("a", "x"), ("a", "y"), ("b",), ("c", "z"), ("c", "w")])
@@ -91,8 +85,8 @@ def test_unified_latent_messages_are_hidden_to_hidden_and_label_ones_go_through_
 
 def test_a_run_dir_from_before_the_messages_option_loads_as_label(tmp_path: Path) -> None:
     """model.json files written before `messages` existed name no messages: they were label."""
-    spec = make_spec("unified")
-    assert "messages" not in spec.head
+    spec = make_spec("unified")  # its head dict names no messages, as those model.json files
+    assert spec.head.messages == "label"
     torch.manual_seed(0)
     model = build_model(spec).eval()
     assert model.head.messages == "label"
@@ -128,7 +122,7 @@ def test_class_weights_inverse_mean_one() -> None:
 def test_probabilities_and_load_model_round_trip(tmp_path: Path, kind: str) -> None:
     spec = make_spec(kind.split("-")[0])
     if kind == "unified-latent":
-        spec.head["messages"] = "latent"
+        spec = replace(spec, head=replace(spec.head, messages="latent"))
     torch.manual_seed(1)
     model = build_model(spec).eval()
     x = torch.randn(2, 3, 32, 24)

@@ -18,7 +18,7 @@ from fashion_tagger.dataset.core import Dataset
 from fashion_tagger.errors import RunDirError
 from fashion_tagger.inference.onnx import OnnxBackend, check_parity, export_onnx, read_metadata
 from fashion_tagger.inference.tagger import Tagger
-from fashion_tagger.training.model import build_model
+from fashion_tagger.model.load import build_model
 
 
 @pytest.fixture(scope="module")

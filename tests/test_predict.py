@@ -13,7 +13,7 @@ from run_fixtures import shared_tiny_run
 from fashion_tagger.dataset.core import Dataset
 from fashion_tagger.errors import FashionTaggerError
 from fashion_tagger.inference.predict import expand_inputs, infer_format, predict_paths
-from fashion_tagger.rundir import RunDir
+from fashion_tagger.model.rundir import RunDir
 
 
 @pytest.fixture(scope="module")

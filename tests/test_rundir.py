@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from fashion_tagger.errors import RunDirError
-from fashion_tagger.rundir import FORMAT_VERSION, ModelSpec, RunDir, save_model
+from fashion_tagger.model import ModelSpec, RunDir, save_model
+from fashion_tagger.model.load import build_model
+from fashion_tagger.model.rundir import FORMAT_VERSION
 from fashion_tagger.taxonomy import Taxonomy
-from fashion_tagger.training.model import build_model
 
 PATHS = [
     ("Apparel", "Topwear", "Shirts"),

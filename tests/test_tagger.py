@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from decode_reference import best_path
 from PIL import Image
 from run_fixtures import shared_tiny_run
 from test_rundir import make_spec
@@ -14,9 +15,9 @@ from test_rundir import make_spec
 from fashion_tagger.dataset.core import Dataset
 from fashion_tagger.dataset.images import decode
 from fashion_tagger.errors import FashionTaggerError
-from fashion_tagger.inference.preprocess import load_for_model, preprocess, resize, to_uint8
 from fashion_tagger.inference.tagger import Probs, Tagger
-from fashion_tagger.rundir import RunDir
+from fashion_tagger.model.preprocess import load_for_model, preprocess, resize, to_uint8
+from fashion_tagger.model.rundir import RunDir
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +66,7 @@ def test_decode_is_taxonomy_best_path_and_thresholds_apply() -> None:
     probs = tagger.predict_arrays(np.zeros((6, 3, 32, 24), np.float32))
     preds = tagger.decode(probs, top_k=2, names=[f"i{i}" for i in range(6)])
     for i, p in enumerate(preds):
-        idx, score = tax.best_path([np.log(lv[i]) for lv in levels])
+        idx, score = best_path(tax, [np.log(lv[i]) for lv in levels])
         assert p.labels == list(tax.decode(idx))
         assert tax.contains(p.labels)
         assert p.top_k[0]["score"] == pytest.approx(np.exp(score), rel=1e-4)

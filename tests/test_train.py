@@ -14,7 +14,7 @@ from run_fixtures import make_synthetic_dataset, one_thread, shared_tiny_run
 from safetensors.torch import load_file, save_file
 
 from fashion_tagger.errors import RunDirError
-from fashion_tagger.rundir import RunDir
+from fashion_tagger.model.rundir import RunDir
 from fashion_tagger.training.config import (
     ConfigError,
     DataConfig,
@@ -69,7 +69,7 @@ def test_run_dir_contents(tmp_path: Path) -> None:
     assert len(rows) == 8 and float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
     cfg = run.config
     assert cfg["training"]["model"]["head"] == "unified" and cfg["training"]["epochs"] == 8
-    assert run.spec.head["messages"] == "label"
+    assert run.spec.head.messages == "label"
     assert cfg["training"]["throughput"]["images_per_s"] > 0
     assert 0 <= cfg["training"]["throughput"]["data_fraction"] < 1
     assert cfg["data"]["counts"]["train"] > 100 and len(cfg["data"]["fingerprint"]) == 16
@@ -202,7 +202,7 @@ def test_cli_train_json_and_existing_run_error(small: Path, tmp_path: Path) -> N
     out = json.loads(res.stdout[res.stdout.index("{") :])
     assert out["run_dir"] == str(tmp_path / "r") and "val_acc_leaf" in out["metrics"]
     spec = RunDir.open(tmp_path / "r").spec
-    assert spec.input_size == (24, 20) and spec.head["kind"] == "flat"
+    assert spec.input_size == (24, 20) and spec.head.kind == "flat"
     res = CliRunner().invoke(app, args)
     assert isinstance(res.exception, RunDirError)
 

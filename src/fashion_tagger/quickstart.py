@@ -99,7 +99,7 @@ def quickstart(
     from fashion_tagger.dataset import ops
     from fashion_tagger.evaluation import evaluate
     from fashion_tagger.inference.predict import predict_paths
-    from fashion_tagger.rundir import RunDir
+    from fashion_tagger.model.rundir import RunDir
     from fashion_tagger.training.train import plan_budget, train
 
     if minutes <= 0:

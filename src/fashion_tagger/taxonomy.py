@@ -7,7 +7,6 @@ without children, at any level.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -178,7 +177,9 @@ class Taxonomy:
         return tuple(path)
 
     def leaf_index_paths(self) -> list[list[int]]:
-        """For each leaf, its index per level from the root (length = the leaf's depth)."""
+        """For each leaf, its index per level from the root (length = the leaf's depth).
+
+        The candidates of path decoding (`fashion_tagger.model.decode`)."""
         out = []
         for level, i in self.leaves():
             idx = [i]
@@ -186,18 +187,6 @@ class Taxonomy:
                 idx.append(self.parents[lvl][idx[-1]])
             out.append(list(reversed(idx)))
         return out
-
-    def best_path(self, log_probs: Sequence[Sequence[float]]) -> tuple[list[int], float]:
-        """The valid root-to-leaf path with the highest sum of per-level log-probabilities.
-
-        This is the consistent decoding of DESIGN.md: the answer is always a path of the tree.
-        """
-        best: tuple[list[int], float] = ([], -math.inf)
-        for idx in self.leaf_index_paths():
-            score = sum(float(log_probs[lvl][i]) for lvl, i in enumerate(idx))
-            if score > best[1]:
-                best = (idx, score)
-        return best
 
     # -- (de)serialisation --------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from fashion_tagger.evaluation import metrics, report, scoring
 
 if TYPE_CHECKING:
     from fashion_tagger.inference.tagger import Tagger
-    from fashion_tagger.rundir import RunDir
+    from fashion_tagger.model.rundir import RunDir
 
 METRICS_JSON = "metrics.json"
 REPORT_HTML = "report.html"
@@ -61,7 +61,7 @@ def _open_split(dataset_dir: str | Path, split: str) -> Dataset:
 
 
 def _load(path: Path, spec: Any) -> np.ndarray | str:
-    from fashion_tagger.inference.preprocess import load_for_model
+    from fashion_tagger.model.preprocess import load_for_model
 
     try:
         return load_for_model(path, spec)
@@ -149,7 +149,7 @@ def _now() -> str:
 
 def _tagger(run_dir: str | Path, backend: str) -> tuple[RunDir, Tagger]:
     from fashion_tagger.inference.tagger import Tagger
-    from fashion_tagger.rundir import RunDir
+    from fashion_tagger.model.rundir import RunDir
 
     run = RunDir.open(run_dir)
     return run, Tagger.load(run, backend=backend)
@@ -285,7 +285,7 @@ def calibrate(
     )
     return {
         **calibration,
-        "model_json": str(run.model_json_path),
+        "model_json": str(run.model_json),
         "n_images": int(y.shape[0]),
         "OF1": {
             "before": metrics.multilabel_overall(y, s, before)["OF1"],

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from fashion_tagger.evaluation import hierarchy, metrics
+from fashion_tagger.model.decode import LeafTable, log_probs
 from fashion_tagger.taxonomy import Taxonomy
 
 FORMAT_VERSION = 1
@@ -64,31 +65,6 @@ def encode_truth(
             row += 1
     kept_images = [str(im) for im, k in zip(images, keep, strict=True) if k]
     return Truth(paths, attrs, kept_images), keep
-
-
-def _log(p: np.ndarray) -> np.ndarray:
-    return np.log(np.clip(np.asarray(p, dtype=np.float64), 1e-300, None))
-
-
-def consistent_paths(taxonomy: Taxonomy, levels: Sequence[np.ndarray]) -> np.ndarray:
-    """The best valid root-to-leaf path of each row: `Taxonomy.best_path`, vectorised.
-
-    Returns:
-        (N, L) indices, -1 below the chosen leaf.
-    """
-    leaf_paths = taxonomy.leaf_index_paths()
-    logs = [_log(p) for p in levels]
-    n = logs[0].shape[0]
-    scores = np.zeros((n, len(leaf_paths)), dtype=np.float64)
-    for level in range(taxonomy.depth):
-        cols = [j for j, lp in enumerate(leaf_paths) if len(lp) > level]
-        idx = [leaf_paths[j][level] for j in cols]
-        scores[:, cols] += logs[level][:, idx]
-    best = scores.argmax(axis=1)
-    table = np.full((len(leaf_paths), taxonomy.depth), -1, dtype=np.int64)
-    for j, lp in enumerate(leaf_paths):
-        table[j, : len(lp)] = lp
-    return table[best]
 
 
 def _path_names(taxonomy: Taxonomy, path: np.ndarray) -> list[str]:
@@ -173,7 +149,7 @@ def _top_losses(
     loss = np.zeros(n, dtype=np.float64)
     for level, p in enumerate(levels):
         rows = truth.paths[:, level] >= 0
-        loss[rows] -= _log(p[rows, truth.paths[rows, level]])
+        loss[rows] -= log_probs(p[rows, truth.paths[rows, level]])
     out: list[dict[str, Any]] = []
     seen: set[str] = set()
     for i in np.argsort(-loss, kind="stable"):
@@ -226,7 +202,7 @@ def score(
     """
     levels = [np.asarray(p, dtype=np.float64) for p in levels]
     attributes = np.asarray(attributes, dtype=np.float64).reshape(truth.paths.shape[0], -1)
-    pred = consistent_paths(taxonomy, levels)
+    pred = LeafTable.from_taxonomy(taxonomy).best_paths(levels)
     raw = np.stack([p.argmax(axis=1) for p in levels], axis=1)
     raw_truncated = np.array(
         [hierarchy.truncate_at_leaf(taxonomy, r) for r in raw], dtype=np.int64

@@ -18,16 +18,19 @@ import io
 import json
 import tempfile
 import warnings
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fashion_tagger._cpu import usable_cores
 from fashion_tagger._io import atomic_path
 from fashion_tagger.errors import FashionTaggerError, RunDirError, require
+from fashion_tagger.model.decode import LeafTable
+
+if TYPE_CHECKING:  # pragma: no cover
+    from fashion_tagger.model.spec import ModelSpec
 
 DEFAULT_OPSET = 17
 PARITY_ATOL = 1e-4
@@ -113,31 +116,13 @@ class ExportResult:
 
 
 # -- metadata ---------------------------------------------------------------------------------
-def spec_metadata(spec: Any) -> dict[str, str]:
-    """The ONNX `metadata_props` of a `ModelSpec`: JSON text per key."""
+def spec_metadata(spec: ModelSpec) -> dict[str, str]:
+    """The ONNX `metadata_props` of a `ModelSpec`: its model.json keys, JSON text per key."""
+    keys = spec.to_json()
     return {
         "fashion_tagger.format_version": METADATA_VERSION,
-        "model_id": str(spec.model_id),
-        "input": json.dumps(
-            {
-                "size": list(spec.input_size),
-                "channels": int(spec.channels),
-                "mean": list(spec.mean),
-                "std": list(spec.std),
-                "resize": spec.resize,
-            }
-        ),
-        "taxonomy": json.dumps(spec.taxonomy.to_dict(), ensure_ascii=False),
-        "attributes": json.dumps(
-            {
-                "names": list(spec.attribute_names),
-                "thresholds": [float(t) for t in spec.thresholds],
-                "default_threshold": float(getattr(spec, "default_threshold", 0.75)),
-            },
-            ensure_ascii=False,
-        ),
-        "backbone": json.dumps(dict(spec.backbone)),
-        "head": json.dumps(dict(spec.head)),
+        "model_id": str(keys.pop("model_id")),
+        **{k: json.dumps(v, ensure_ascii=False) for k, v in keys.items()},
     }
 
 
@@ -218,11 +203,6 @@ def export_module(module: Any, spec: Any, out: str | Path, opset: int = DEFAULT_
     return out
 
 
-def _best_paths(taxonomy: Any, levels: Sequence[np.ndarray]) -> list[tuple[int, ...]]:
-    logs = [np.log(np.maximum(lv.astype(np.float64), 1e-12)) for lv in levels]
-    return [tuple(taxonomy.best_path([lg[i] for lg in logs])[0]) for i in range(len(levels[0]))]
-
-
 def check_parity(
     module: Any,
     spec: Any,
@@ -251,6 +231,8 @@ def check_parity(
         batches.append(np.ascontiguousarray(images[start : start + batch_size], dtype=np.float32))
     backend = OnnxBackend(onnx_path)
     wrapped = _wrapper(module.eval())
+    leaves = LeafTable.from_taxonomy(spec.taxonomy)
+    depth = spec.taxonomy.depth
     worst, mismatches = 0.0, 0
     for x in batches:
         with torch.inference_mode():
@@ -259,15 +241,8 @@ def check_parity(
         for a, b in zip(ref, got, strict=True):
             if a.size:
                 worst = max(worst, float(np.max(np.abs(a - b))))
-        depth = spec.taxonomy.depth
-        mismatches += sum(
-            p != q
-            for p, q in zip(
-                _best_paths(spec.taxonomy, ref[:depth]),
-                _best_paths(spec.taxonomy, got[:depth]),
-                strict=True,
-            )
-        )
+        ref_leaves, got_leaves = leaves.best_leaves(ref[:depth]), leaves.best_leaves(got[:depth])
+        mismatches += int(np.sum(ref_leaves != got_leaves))
     return ParityReport(worst, random_inputs, n_real, mismatches, atol)
 
 
@@ -376,9 +351,9 @@ def export_onnx(
         ParityError: probabilities differ by more than `atol`, or a predicted path differs (for
             int8: more paths differ than allowed).
     """
-    from fashion_tagger.inference.preprocess import load_for_model
-    from fashion_tagger.rundir import RunDir
-    from fashion_tagger.training.model import load_model
+    from fashion_tagger.model.load import load_model
+    from fashion_tagger.model.preprocess import load_for_model
+    from fashion_tagger.model.rundir import RunDir
 
     run = RunDir.open(run_dir)
     module, spec = load_model(run)

@@ -2,8 +2,8 @@
 
 A backend is any callable `(x: (N, C, H, W) float32) -> [probs_level_0, ..., attributes]`: the
 torch model here, or ONNX Runtime (`inference/onnx.py`). Decoding is the same for both: the
-best-scoring valid root-to-leaf path (`Taxonomy.best_path`), the top-k leaves, and the attributes
-at or above their threshold.
+best-scoring valid root-to-leaf path (`model.decode`, as validation and `evaluate` decode), the
+top-k leaves, and the attributes at or above their threshold.
 """
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ import numpy as np
 from PIL import Image
 
 from fashion_tagger.errors import FashionTaggerError
-from fashion_tagger.inference.preprocess import load_for_model
-from fashion_tagger.rundir import ModelSpec, RunDir
+from fashion_tagger.model.decode import LeafTable
+from fashion_tagger.model.preprocess import load_for_model
+from fashion_tagger.model.rundir import RunDir
+from fashion_tagger.model.spec import ModelSpec
 
 Backend = Callable[[np.ndarray], list[np.ndarray]]
 ImageSource = str | Path | bytes | Image.Image
 BACKENDS = ("auto", "torch", "onnx")
-_EPS = 1e-12
 
 
 @dataclass
@@ -71,7 +72,7 @@ class TorchBackend:
     def __init__(self, run: RunDir, device: str = "cpu") -> None:
         import torch
 
-        from fashion_tagger.training.model import load_model
+        from fashion_tagger.model.load import load_model
 
         self._torch = torch
         self.model, _ = load_model(run)
@@ -112,13 +113,7 @@ class Tagger:
         self.spec = spec
         self.backend = backend
         self.backend_name = backend_name
-        tax = spec.taxonomy
-        paths = tax.leaf_index_paths()
-        self._leaf_paths = paths
-        # (levels, leaves) class index of each leaf's path at each level, -1 below its depth
-        self._leaf_idx = np.full((tax.depth, len(paths)), -1, dtype=np.int64)
-        for j, p in enumerate(paths):
-            self._leaf_idx[: len(p), j] = p
+        self.leaves = LeafTable.from_taxonomy(spec.taxonomy)
         self._thresholds = np.asarray(spec.thresholds, dtype=np.float32)
 
     @classmethod
@@ -159,31 +154,21 @@ class Tagger:
         return Probs([np.asarray(o, dtype=np.float32) for o in out[:depth]], attrs)
 
     # -- decoding -------------------------------------------------------------------------------
-    def path_scores(self, probs: Probs) -> np.ndarray:
-        """(N, leaves) log-probability of every leaf's path: the sum over its levels."""
-        n = len(probs)
-        scores = np.zeros((n, self._leaf_idx.shape[1]), dtype=np.float64)
-        for lvl, p in enumerate(probs.levels):
-            idx = self._leaf_idx[lvl]
-            deep = idx >= 0
-            scores[:, deep] += np.log(np.maximum(p[:, idx[deep]], _EPS))
-        return scores
-
     def best_paths(self, probs: Probs) -> np.ndarray:
         """(N, L) class index per level of each image's best valid path, -1 below its depth."""
-        return self._leaf_idx[:, self.path_scores(probs).argmax(axis=1)].T
+        return self.leaves.best_paths(probs.levels)
 
     def decode(
         self, probs: Probs, top_k: int = 5, names: Sequence[str | None] | None = None
     ) -> list[Prediction]:
-        """Probabilities to predictions: the best valid path (as `Taxonomy.best_path`), the
-        `top_k` leaves by path score, the attributes at or above their threshold."""
+        """Probabilities to predictions: the best valid path (`model.decode`), the `top_k`
+        leaves by path score, the attributes at or above their threshold."""
         tax = self.spec.taxonomy
-        scores = self.path_scores(probs)
+        scores = self.leaves.path_log_scores(probs.levels)
         order = np.argsort(-scores, axis=1, kind="stable")[:, : max(1, top_k)]
         out = []
         for i in range(len(probs)):
-            best = self._leaf_paths[order[i, 0]]
+            best = self.leaves.paths[order[i, 0]]
             path = [
                 {
                     "level": tax.level_names[lvl],
@@ -194,7 +179,7 @@ class Tagger:
             ]
             tops = [
                 {
-                    "path": list(tax.decode(self._leaf_paths[j])),
+                    "path": list(tax.decode(self.leaves.paths[j])),
                     "score": float(np.exp(scores[i, j])),
                 }
                 for j in order[i, :top_k]

@@ -1,21 +1,26 @@
 """The one preprocessing of the project: image -> normalised (C, H, W) float32 array.
 
-Training (via `to_uint8`, cached once per image, then `normalize` per batch), evaluation,
-prediction, ONNX export and serving all read size, channels, mean, std and the resize rule from
-the run dir's `ModelSpec`, and go through these functions, so the model always sees what it was
-trained on. Numpy and Pillow only: the ONNX runtime path needs no torch.
+Training (via `to_uint8`, cached once per image, then `normalize_tensor` per batch on its
+device), evaluation, prediction, ONNX export and serving all read size, channels, mean, std and
+the resize rule from the run dir's `ModelSpec`, and go through these functions, so the model
+always sees what it was trained on. The normalisation is written once (`scale_shift`), for numpy
+and for torch. Numpy and Pillow only at import: the ONNX runtime path needs no torch.
 """
 
 from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from fashion_tagger.dataset import images
-from fashion_tagger.rundir import ModelSpec
+from fashion_tagger.model.spec import ModelSpec
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 PAD_FILL = 255
 """Pad colour for `resize="pad"`: white, as the studio backgrounds of catalog photos."""
@@ -46,15 +51,30 @@ def to_uint8(img: Image.Image, spec: ModelSpec) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def normalize(arr: np.ndarray, spec: ModelSpec) -> np.ndarray:
-    """uint8 (C, H, W) or (N, C, H, W) pixels to normalised float32."""
+def scale_shift(spec: ModelSpec, pixel_max: float = 255.0) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (scale, shift), (C, 1, 1) float32, with `x * scale - shift` equal to
+    `(x / pixel_max - mean) / std`: the normalisation, as one multiply and one subtract."""
     mean = np.asarray(spec.mean, dtype=np.float32).reshape(-1, 1, 1)
     std = np.asarray(spec.std, dtype=np.float32).reshape(-1, 1, 1)
-    # (x / 255 - mean) / std as one scale and one shift, in place: one new array, not four.
-    out = arr.astype(np.float32)
-    out *= 1.0 / (255.0 * std)
-    out -= mean / std
+    return (1.0 / (pixel_max * std)).astype(np.float32), (mean / std).astype(np.float32)
+
+
+def normalize(arr: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """uint8 (C, H, W) or (N, C, H, W) pixels to normalised float32."""
+    scale, shift = scale_shift(spec)
+    out = arr.astype(np.float32)  # in place from here: one new array, not four
+    out *= scale
+    out -= shift
     return out
+
+
+def normalize_tensor(x: torch.Tensor, spec: ModelSpec, pixel_max: float = 255.0) -> torch.Tensor:
+    """The torch twin of `normalize`, on `x`'s device: (N, C, H, W) pixels in [0, pixel_max]
+    (uint8 pixels, or 1.0 for floats in [0, 1] after augmentation) to normalised float32."""
+    import torch
+
+    scale, shift = (torch.from_numpy(a).to(x.device) for a in scale_shift(spec, pixel_max))
+    return x.float() * scale - shift
 
 
 def preprocess(img: Image.Image, spec: ModelSpec) -> np.ndarray:

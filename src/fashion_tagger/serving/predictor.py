@@ -54,28 +54,18 @@ class TaggerPredictor:
         return cls(Tagger.load(run_dir, backend=backend))
 
     def info(self) -> dict[str, Any]:
-        s = self.spec
+        spec = self.spec.to_json()
         return {
+            **spec,
             "model_id": self.model_id,
             "backend": self.backend_name,
             "quantization": (getattr(self.tagger.backend, "metadata", None) or {}).get(
                 "quantization"
             ),
-            "backbone": dict(s.backbone),
-            "head": dict(s.head),
-            "input": {
-                "size": list(s.input_size),
-                "channels": int(s.channels),
-                "mean": list(s.mean),
-                "std": list(s.std),
-                "resize": s.resize,
-            },
-            "taxonomy": s.taxonomy.to_dict(),
-            "attributes": {"names": list(s.attribute_names), "thresholds": list(s.thresholds)},
         }
 
     def preprocess(self, data: bytes) -> np.ndarray:
-        from fashion_tagger.inference.preprocess import load_for_model
+        from fashion_tagger.model.preprocess import load_for_model
 
         return load_for_model(data, self.spec)
 

@@ -13,17 +13,19 @@ from pathlib import Path
 from typing import Any
 
 from fashion_tagger.errors import FashionTaggerError
+from fashion_tagger.model.spec import (
+    DEFAULT_HEAD,
+    RESIZE_MODES,
+    HeadSpec,
+    ModelError,
+    head_kinds,
+    head_option_names,
+    head_spec,
+)
 
 SCHEDULES = ("onecycle", "cosine", "constant")
 CLASS_WEIGHTS = ("inverse", "sqrt", "none")
-RESIZE = ("squash", "pad")
 AUGMENT = ("none", "light", "full")
-#: What the unified head's levels pass each other. "label": a projection of the neighbour's class
-#: probabilities, as in the SINN model the paper started from (the default, and what every run dir
-#: written before the option existed holds). "latent": a projection of the neighbour's hidden
-#: representation, as Ferreira et al. describe moving the message passing "into an enriched
-#: latent space". From scratch on the products data the two are within noise of each other.
-MESSAGES = ("label", "latent")
 
 
 class ConfigError(FashionTaggerError):
@@ -77,7 +79,7 @@ class DataConfig:
             )
             object.__setattr__(self, "image_size", size)
         _check(self.channels in (1, 3), "--channels must be 1 or 3")
-        _check(self.resize in RESIZE, f"--resize must be one of {', '.join(RESIZE)}")
+        _check(self.resize in RESIZE_MODES, f"--resize must be one of {', '.join(RESIZE_MODES)}")
         if isinstance(self.augment, bool):
             object.__setattr__(self, "augment", "full" if self.augment else "none")
         _check(self.augment in AUGMENT, f"augment must be one of {', '.join(AUGMENT)}")
@@ -113,7 +115,7 @@ class ModelConfig:
     """
 
     backbone: str = "simple-cnn"
-    head: str = "unified"
+    head: str = DEFAULT_HEAD
     hidden: int = 1024
     dropout: float = 0.3
     messages: str = "label"
@@ -124,13 +126,12 @@ class ModelConfig:
     freeze_backbone_epochs: int = 0
 
     def __post_init__(self) -> None:
-        from fashion_tagger.training.model import list_heads
-
         _check(bool(self.backbone), "--backbone must name a model")
-        _check(self.head in list_heads(), f"--head must be one of {', '.join(list_heads())}")
-        _check(self.hidden >= 0, "--hidden must be 0 or more")
-        _check(0.0 <= self.dropout < 1.0, "--dropout must be in [0, 1)")
-        _check(self.messages in MESSAGES, f"--messages must be one of {', '.join(MESSAGES)}")
+        _check(self.head in head_kinds(), f"--head must be one of {', '.join(head_kinds())}")
+        try:
+            self.head_spec()  # the head validates its own options
+        except ModelError as exc:
+            raise ConfigError(str(exc)) from None
         _check(self.head_weight_decay >= 0, "--head-weight-decay must be 0 or more")
         _check(
             not (self.pretrained and self.weights),
@@ -140,6 +141,10 @@ class ModelConfig:
             object.__setattr__(self, "weights", str(self.weights))
             _check(Path(self.weights).is_file(), f"--weights {self.weights}: no such file")
         _check(self.freeze_backbone_epochs >= 0, "--freeze-backbone-epochs must be 0 or more")
+
+    def head_spec(self) -> HeadSpec:
+        """The typed spec of the chosen head, with the options of this config that it has."""
+        return head_spec(self.head, **{n: getattr(self, n) for n in head_option_names(self.head)})
 
 
 def parse_max_time(value: str | float | None) -> dict[str, int] | None:

@@ -21,7 +21,7 @@ from torch.nn import functional as F
 from fashion_tagger import _progress
 from fashion_tagger.dataset.core import Dataset
 from fashion_tagger.errors import DatasetError
-from fashion_tagger.rundir import ModelSpec
+from fashion_tagger.model.spec import ModelSpec
 from fashion_tagger.taxonomy import Taxonomy
 
 CHUNK = 256
@@ -42,7 +42,7 @@ class SplitArrays:
 
 def _decode_chunk(root: str, rels: list[str], spec: ModelSpec) -> tuple[np.ndarray, list[int]]:
     """Worker: decode images at the model size; returns the stack and the failed positions."""
-    from fashion_tagger.inference.preprocess import decode_for_model, to_uint8
+    from fashion_tagger.model.preprocess import decode_for_model, to_uint8
 
     h, w = spec.input_size
     out = np.zeros((len(rels), spec.channels, h, w), dtype=np.uint8)

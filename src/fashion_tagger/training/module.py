@@ -1,6 +1,7 @@
 """The LightningModule: wires the model to its losses, metrics, optimiser and schedule.
 
-No architecture lives here (that is `model.py`) and no data handling (that is `data.py`): a step
+No architecture lives here (that is `fashion_tagger.model`) and no data handling (that is
+`data.py`): a step
 turns uint8 pixels into normalised floats (augmenting train batches), runs the model, and sums
 a masked, class-weighted cross-entropy per level and a BCE over attributes.
 """
@@ -14,10 +15,12 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from fashion_tagger.rundir import ModelSpec
+from fashion_tagger.model.decode import LeafTable
+from fashion_tagger.model.load import FashionModel
+from fashion_tagger.model.preprocess import normalize_tensor
+from fashion_tagger.model.spec import ModelSpec
 from fashion_tagger.training.config import TrainConfig
 from fashion_tagger.training.data import AUGMENTATIONS
-from fashion_tagger.training.model import FashionModel
 
 
 def hierarchy_loss(
@@ -75,16 +78,7 @@ class TaggerModule(pl.LightningModule):
         self.class_weights = weights
         self.features_input = features_input
         self.lr = float(config.lr) if not isinstance(config.lr, str) else 1e-3
-        mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, -1, 1, 1)
-        std = torch.tensor(spec.std, dtype=torch.float32).view(1, -1, 1, 1)
-        self.register_buffer("mean", mean, persistent=False)
-        self.register_buffer("std", std, persistent=False)
-        tax = spec.taxonomy
-        paths = tax.leaf_index_paths()
-        idx = torch.full((tax.depth, len(paths)), -1, dtype=torch.long)
-        for j, p in enumerate(paths):
-            idx[: len(p), j] = torch.tensor(p)
-        self.register_buffer("leaf_idx", idx, persistent=False)
+        self.leaves = LeafTable.from_taxonomy(spec.taxonomy)
         self._gen = torch.Generator().manual_seed(config.seed)
         self._val: dict[str, Tensor] = {}
 
@@ -92,10 +86,10 @@ class TaggerModule(pl.LightningModule):
     def _inputs(self, x: Tensor, train: bool) -> Tensor:
         if self.features_input:
             return x
-        x = x.float() / 255.0
-        if train and self.config.data.augment != "none":
-            x = AUGMENTATIONS[self.config.data.augment](x, self._gen)
-        return (x - self.mean) / self.std
+        if not (train and self.config.data.augment != "none"):
+            return normalize_tensor(x, self.spec)
+        x = AUGMENTATIONS[self.config.data.augment](x.float() / 255.0, self._gen)
+        return normalize_tensor(x, self.spec, pixel_max=1.0)
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
         return self.model.head(x) if self.features_input else self.model(x)
@@ -121,15 +115,11 @@ class TaggerModule(pl.LightningModule):
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(x))
         return loss
 
-    def leaf_predictions(self, outputs: tuple[Tensor, ...]) -> Tensor:
-        """Index of the best valid leaf path per image (the decoding of `Taxonomy.best_path`)."""
-        scores = torch.zeros(outputs[0].shape[0], self.leaf_idx.shape[1], device=outputs[0].device)
-        for lvl, logits in enumerate(outputs[:-1]):
-            logp = torch.log_softmax(logits.float(), dim=1)
-            idx = self.leaf_idx[lvl]
-            deep = idx >= 0
-            scores[:, deep] += logp[:, idx[deep]]
-        return scores.argmax(dim=1)
+    def predicted_paths(self, outputs: tuple[Tensor, ...]) -> Tensor:
+        """(N, L) the best valid path per image, -1 below its depth: the decoding of `predict`,
+        `evaluate` and `serve` (`model.decode`), on the model's probabilities."""
+        probs = [torch.softmax(logits.float(), dim=1) for logits in outputs[:-1]]
+        return self.leaves.best_paths_torch(probs).to(outputs[0].device)
 
     def on_validation_epoch_start(self) -> None:
         self._val = {}
@@ -143,8 +133,7 @@ class TaggerModule(pl.LightningModule):
         out = self(self._inputs(x, train=False))
         loss, _, _ = hierarchy_loss(out, levels, attrs, self.class_weights)
         self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=len(x), sync_dist=True)
-        leaf = self.leaf_predictions(out)
-        pred_paths = self.leaf_idx[:, leaf].T  # (N, L), -1 below the predicted depth
+        pred_paths = self.predicted_paths(out)
         for lvl, name in enumerate(self.spec.taxonomy.level_names):
             y = levels[:, lvl]
             valid = y >= 0

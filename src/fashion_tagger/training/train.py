@@ -28,15 +28,12 @@ from fashion_tagger import _progress
 from fashion_tagger._io import write_json_atomic
 from fashion_tagger.dataset.core import Dataset
 from fashion_tagger.errors import RunDirError
-from fashion_tagger.rundir import CHECKPOINTS, LOGS, ModelSpec, RunDir, save_model
+from fashion_tagger.model.backbones import backbone_data_config
+from fashion_tagger.model.load import FashionModel, build_model, load_backbone_weights
+from fashion_tagger.model.rundir import RunDir, RunPaths, save_model
+from fashion_tagger.model.spec import ModelSpec
 from fashion_tagger.training import data as tdata
 from fashion_tagger.training.config import TrainConfig, parse_max_time
-from fashion_tagger.training.model import (
-    FashionModel,
-    backbone_data_config,
-    build_model,
-    load_backbone_weights,
-)
 from fashion_tagger.training.module import TaggerModule
 
 TRAIN_CONFIG = "train_config.json"
@@ -47,9 +44,6 @@ def resolve_spec(ds: Dataset, config: TrainConfig) -> ModelSpec:
     """The model's input/taxonomy/attribute spec from the dataset and the config."""
     m, d = config.model, config.data
     defaults = backbone_data_config(m.backbone, d.channels)
-    head = {"kind": m.head, "hidden": m.hidden, "dropout": m.dropout}
-    if m.head == "unified":
-        head["messages"] = m.messages
     return ModelSpec(
         model_id="",
         backbone={
@@ -57,7 +51,7 @@ def resolve_spec(ds: Dataset, config: TrainConfig) -> ModelSpec:
             "pretrained": m.pretrained or bool(m.weights),
             "in_chans": d.channels,
         },
-        head=head,
+        head=m.head_spec(),
         input_size=tuple(d.image_size or defaults["size"]),  # type: ignore[arg-type]
         channels=d.channels,
         mean=defaults["mean"],
@@ -82,7 +76,7 @@ class EpochLog(pl.Callback):
 
     def on_train_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
-            draw_curves(self.run_dir / LOGS / METRICS_CSV, self.run_dir / "curves.png")
+            draw_curves(RunPaths(self.run_dir).metrics_csv, RunPaths(self.run_dir).curves)
 
     def on_exception(
         self, trainer: pl.Trainer, module: pl.LightningModule, exc: BaseException
@@ -97,7 +91,7 @@ class EpochLog(pl.Callback):
         for c in self.columns[2:]:
             key = "train_loss_epoch" if c == "train_loss" else c
             row[c] = float(m[key]) if key in m else ""
-        path = self.run_dir / LOGS / METRICS_CSV
+        path = RunPaths(self.run_dir).metrics_csv
         new = not path.is_file()
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a", newline="") as f:
@@ -318,7 +312,7 @@ def train(
         >>> run.config["metrics"]["val_acc_leaf"]
     """
     run_dir = Path(run_dir)
-    last = run_dir / CHECKPOINTS / "last.ckpt"
+    last = RunPaths(run_dir).last_ckpt
     if resume:
         saved_ds, config = _load_saved(run_dir)
         dataset_dir = dataset_dir or saved_ds
@@ -375,7 +369,7 @@ def train(
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    ckpt_dir = run_dir / CHECKPOINTS
+    ckpt_dir = RunPaths(run_dir).checkpoints
     best_cb = ModelCheckpoint(
         dirpath=ckpt_dir,
         filename="best",
@@ -415,7 +409,7 @@ def train(
         max_time={**max_time, "seconds": max_time["seconds"] + 60} if clocked else max_time,
         callbacks=cbs,
         logger=TensorBoardLogger(
-            str(run_dir), name=LOGS, version="tensorboard", default_hp_metric=False
+            str(run_dir), name="logs", version="tensorboard", default_hp_metric=False
         ),
         enable_progress_bar=config.progress,
         enable_model_summary=False,
@@ -462,7 +456,7 @@ def train(
             module.load_state_dict(state)
         except Exception:  # fall back to the last weights if Lightning's format changes
             pass
-    rows = read_metrics(run_dir / LOGS / METRICS_CSV)
+    rows = read_metrics(RunPaths(run_dir).metrics_csv)
     best_row = max(rows, key=lambda r: r.get("val_acc_leaf", -1.0)) if rows else {}
     extra: dict[str, Any] = {
         "training": {
@@ -531,7 +525,7 @@ def plan_budget(
     long is trimmed by the clock, one that is too short ends early and wastes the budget, and a
     run's first steps are often faster than its average (160 against 142 images/s measured).
     """
-    from fashion_tagger.training.model import create_backbone
+    from fashion_tagger.model.backbones import create_backbone
 
     d = config.data
     size = d.image_size or backbone_data_config(config.model.backbone, d.channels)["size"]
