@@ -42,7 +42,7 @@ def test_create_and_open_roundtrip(tmp_path):
     assert again.table.equals(ds.table)
     assert again.table.schema == manifest.SCHEMA
     assert again.level_names == ("group", "class")
-    assert again.info["counts"] == {"images": 4, "items": 2, "splits": {"test": 2, "train": 2}}
+    assert again.info.counts == {"images": 4, "items": 2, "splits": {"test": 2, "train": 2}}
     assert again.attribute_groups == ["colour"]
     assert again.meta(1) == {"title": "t1"}
 

@@ -194,7 +194,7 @@ def test_dedup_exact_cross_split_and_same_item(tmp_path):
     assert len(out) == len(ds) - 2
     assert sorted(_col(out, "item_id")).count("i1") == 1
     assert "v0" not in _col(out, "item_id") and "other" in _col(out, "item_id")
-    assert out.info["history"][-1]["op"] == "dedup"
+    assert out.info.history[-1]["op"] == "dedup"
     out.save()
     assert Dataset.open(tmp_path).missing_images() == []  # files stay in the store
 
@@ -318,8 +318,8 @@ def test_filter_out_writes_new_dir_with_only_its_images(tmp_path):
     dst = Dataset.open(tmp_path / "dst")
     assert len(dst) == 4 and dst.missing_images() == []
     assert len(list((tmp_path / "dst" / "images").rglob("*.png"))) == 4
-    assert dst.info["history"][-1]["op"] == "filter"
-    assert dst.info["history"][-1]["args"]["min_per_class"] == 3
+    assert dst.info.history[-1]["op"] == "filter"
+    assert dst.info.history[-1]["args"]["min_per_class"] == 3
     assert len(Dataset.open(tmp_path / "src")) == 6  # the source is untouched
     with pytest.raises(DatasetError, match="already holds"):
         relocate(src, tmp_path / "dst")

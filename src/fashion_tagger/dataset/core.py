@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
 
-from fashion_tagger.dataset import images, manifest
+from fashion_tagger import _progress, storage
+from fashion_tagger.dataset import images, manifest, store
+from fashion_tagger.dataset.manifest import DatasetInfo
 from fashion_tagger.errors import DatasetError
 from fashion_tagger.taxonomy import Taxonomy
 
@@ -26,6 +30,11 @@ class Dataset:
     Datasets are immutable values: operations return a new `Dataset`, and `save()` writes it.
     Views derived from the table (labels, taxonomy, attribute names) are computed once.
 
+    A dataset dir may live on object storage (`Dataset.open("s3://bucket/products")`): `root` is
+    then the local mirror its images are fetched into (`local_images()` fetches a view's images
+    concurrently; `image_path(i)` fetches one on demand), and `location` is the URL it is read
+    from and saved to.
+
     Example:
         >>> ds = Dataset.open("data/products")
         >>> ds.taxonomy.level_names
@@ -35,42 +44,80 @@ class Dataset:
 
     root: Path
     table: pa.Table
-    info: dict[str, Any]
+    info: DatasetInfo
+    location: str = ""
+    """Where the dataset lives when that is not `root`: the URL of a remote dataset dir."""
 
     @classmethod
-    def open(cls, root: str | Path) -> Dataset:
-        root = Path(root)
+    def open(cls, location: str | Path) -> Dataset:
+        """Read a dataset dir: a local folder or an fsspec URL (`s3://bucket/prefix`)."""
+        if storage.is_url(location):
+            url = storage.normalize(location).rstrip("/")
+            table, info = manifest.read_remote(storage.Remote.open(url))
+            return cls(storage.mirror_dir(url), table, info, url)
+        root = Path(location)
         if not root.is_dir():
             raise DatasetError(f"dataset dir {root} does not exist")
         return cls(root, manifest.read_items(root), manifest.read_info(root))
 
     @classmethod
-    def create(cls, root: str | Path, table: pa.Table, info: dict[str, Any]) -> Dataset:
-        """Write a new dataset dir (or replace the manifest of one) and return it."""
-        ds = cls(Path(root), manifest.conform(table), info)
+    def create(
+        cls, location: str | Path, table: pa.Table, info: DatasetInfo | Mapping[str, Any]
+    ) -> Dataset:
+        """Write a new dataset dir (or replace the manifest of one) and return it.
+
+        The images the rows name must be in the store already (local) or uploaded (remote).
+        """
+        if not isinstance(info, DatasetInfo):
+            info = DatasetInfo.from_json(info)
+        if storage.is_url(location):
+            url = storage.normalize(location).rstrip("/")
+            ds = cls(storage.mirror_dir(url), manifest.conform(table), info, url)
+        else:
+            ds = cls(Path(location), manifest.conform(table), info)
         return ds.save()
 
     def save(self) -> Dataset:
-        """Write items.parquet, then dataset.json with fresh counts; both atomically."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        info = dict(self.info)
-        info.pop("format_version", None)
-        info["levels"] = list(self.level_names)
-        info["attribute_groups"] = self.attribute_groups
-        info["counts"] = {
-            "images": self.table.num_rows,
-            "items": len(set(self.table.column("item_id").to_pylist())),
-            "splits": self.split_counts(),
-        }
-        info["updated"] = manifest.now()
-        info.setdefault("created", info["updated"])
-        manifest.write_items(self.root, self.table)
-        manifest.write_info(self.root, info)
-        return Dataset(self.root, self.table, {"format_version": manifest.FORMAT_VERSION, **info})
+        """Write items.parquet, then dataset.json with fresh counts (each atomically, or in one
+        PUT on object storage), so dataset.json only ever describes a complete manifest."""
+        stamp = manifest.now()
+        info = replace(
+            self.info,
+            levels=self.level_names,
+            attribute_groups=tuple(self.attribute_groups),
+            counts={
+                "images": self.table.num_rows,
+                "items": len(set(self.table.column("item_id").to_pylist())),
+                "splits": self.split_counts(),
+            },
+            updated=stamp,
+            created=self.info.created or stamp,
+        )
+        if self.is_remote:
+            manifest.write_remote(storage.Remote.open(self.location), self.table, info)
+        else:
+            self.root.mkdir(parents=True, exist_ok=True)
+            manifest.write_items(self.root, self.table)
+            manifest.write_info(self.root, info)
+        return replace(self, info=info)
 
     def with_table(self, table: pa.Table, **info: Any) -> Dataset:
-        """The same dataset with other rows (and optionally updated info); not yet saved."""
-        return Dataset(self.root, manifest.conform(table), {**self.info, **info})
+        """The same dataset with other rows (and optionally other info fields); not yet saved."""
+        return replace(self, table=manifest.conform(table), info=replace(self.info, **info))
+
+    def with_history(self, op: str, args: Mapping[str, Any], result: Any) -> Dataset:
+        """The same dataset with one more entry in dataset.json's history; not yet saved."""
+        return replace(self, info=self.info.with_history(op, args, result))
+
+    # -- where it lives -----------------------------------------------------------------------
+    @property
+    def is_remote(self) -> bool:
+        return bool(self.location)
+
+    @property
+    def url(self) -> str:
+        """The dataset dir as the user names it: its path, or its URL on object storage."""
+        return self.location or str(self.root)
 
     # -- views --------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -78,7 +125,7 @@ class Dataset:
 
     @property
     def name(self) -> str:
-        return str(self.info.get("name") or self.root.name)
+        return self.info.name or self.url.rstrip("/").rsplit("/", 1)[-1]
 
     def to_pandas(self) -> pd.DataFrame:
         return self.table.to_pandas()
@@ -90,7 +137,7 @@ class Dataset:
     @cached_property
     def level_names(self) -> tuple[str, ...]:
         depth = max((len(p) for p in self.labels), default=0)
-        given = list(self.info.get("levels") or [])
+        given = list(self.info.levels)
         return tuple(given[:depth] + [f"level{d}" for d in range(len(given), depth)])
 
     @cached_property
@@ -114,21 +161,61 @@ class Dataset:
     def split(self, name: str) -> Dataset:
         """Only the rows of one split (`train`, `val`, `test`)."""
         mask = pc.equal(self.table.column("split"), name)
-        return Dataset(self.root, self.table.filter(mask), self.info)
+        return replace(self, table=self.table.filter(mask))
 
     def meta(self, i: int) -> dict[str, Any]:
         return json.loads(self.table.column("meta")[i].as_py() or "{}")
 
     # -- images -------------------------------------------------------------------------------
     def image_path(self, i: int) -> Path:
-        return self.root / self.table.column("image")[i].as_py()
+        """Row `i`'s image as a local file (fetched into the mirror first if remote)."""
+        rel = self.table.column("image")[i].as_py()
+        path = self.root / rel
+        if self.is_remote and not path.is_file():
+            storage.Remote.open(self.location).fetch([rel], self.root, workers=1)
+        return path
 
     def load_image(self, i: int, size: int | None = None) -> Image.Image:
         """Row `i`'s image as upright RGB; `size` lets large JPEGs decode at reduced scale."""
         return images.decode(self.image_path(i), size=size)
 
+    def local_images(self, workers: int | None = None, progress: bool = False) -> Path:
+        """The local folder where this view's images are (`root / row's image`), fetched there
+        first, concurrently, when the dataset is remote; images already fetched are kept.
+
+        Images missing from the remote store are left missing, as a local dataset's would be.
+        """
+        if not self.is_remote:
+            return self.root
+        rels = sorted(set(self.table.column("image").to_pylist()))
+        todo = [r for r in rels if not os.path.isfile(os.path.join(self.root, r))]
+        if todo:
+            remote = storage.Remote.open(self.location)
+            with _progress.bar("fetching images", total=len(todo), enabled=progress) as bar:
+                remote.fetch(todo, self.root, workers or storage.FETCH_WORKERS, bar.advance)
+        return self.root
+
     def missing_images(self) -> list[str]:
-        """Relative paths in the manifest whose file is not in the store."""
-        return [
-            p for p in set(self.table.column("image").to_pylist()) if not (self.root / p).is_file()
-        ]
+        """Relative paths in the manifest whose file is not in the store (local or remote)."""
+        rels = set(self.table.column("image").to_pylist())
+        if self.is_remote:
+            return sorted(rels - storage.Remote.open(self.location).listing(store.IMAGES_DIR))
+        return sorted(p for p in rels if not (self.root / p).is_file())
+
+    def copy_to(self, location: str | Path, progress: bool = False) -> Dataset:
+        """The same rows as a dataset dir at `location`, with the images the rows name copied
+        there (hard-linked where possible; on object storage only the ones it lacks). Not saved:
+        call `save()`, which writes the manifest after every image is in place."""
+        src = self.local_images(progress=progress)
+        rels = sorted(set(self.table.column("image").to_pylist()))
+        if storage.is_url(location):
+            url = storage.normalize(location).rstrip("/")
+            remote = storage.Remote.open(url)
+            todo = sorted(set(rels) - remote.listing(store.IMAGES_DIR))
+            with _progress.bar("uploading images", total=len(todo), enabled=progress) as bar:
+                remote.upload(todo, src, on_done=bar.advance)
+            return replace(self, root=storage.mirror_dir(url), location=url)
+        out = Path(location)
+        for rel in rels:
+            store.link_or_copy(src / rel, out / rel)
+        return replace(self, root=out, location="")

@@ -54,7 +54,8 @@ def phashes(
     Returns the hashes and how many were computed now (the rest came from `phash.parquet`).
     Images that do not decode have no hash.
     """
-    cache_path = ds.root / PHASH_FILE
+    root = ds.local_images(progress=progress)  # a remote dataset: hash the mirror's files
+    cache_path = root / PHASH_FILE
     cached: dict[str, int] = {}
     if cache_path.is_file():
         try:
@@ -69,7 +70,7 @@ def phashes(
         ds.table.column("sha256").to_pylist(), ds.table.column("image").to_pylist(), strict=True
     ):
         if sha not in cached:
-            path_of.setdefault(sha, str(ds.root / rel))
+            path_of.setdefault(sha, str(root / rel))
     todo = sorted(path_of)
     computed: dict[str, int] = {}
     if todo:

@@ -1,5 +1,8 @@
 """`dataset export`: a dataset dir as an image-folder tree, a zip of that tree, or an HDF5 file.
 
+The dataset dir may be on object storage (its images are fetched into the local mirror first);
+the export itself is written to a local path.
+
 The folder tree is `<split or "all">/<label path joined by "__">/<sha256>.<ext>` (each name
 sanitised), the layout of torchvision's ImageFolder and of a Kaggle upload. The HDF5 file holds
 `<split>_images` (N, S, S, 3) or (N, S, S) uint8 and `<split>_labels` for train, test (and val),
@@ -282,16 +285,17 @@ def export(
         if "all" in tops:
             raise DatasetError(
                 "hdf5 needs a split per image and some rows have none; run "
-                f"`fashion-tagger dataset split {ds.root} --val 0.1 --test 0.2` first, "
+                f"`fashion-tagger dataset split {ds.url} --val 0.1 --test 0.2` first, "
                 "or export one split with --split"
             )
         if split is None and not {"train", "test"} <= tops:
             raise DatasetError(
                 f"hdf5 needs train and test images but the splits are {sorted(tops)}; run "
-                f"`fashion-tagger dataset split {ds.root} --val 0.1 --test 0.2 --force` first"
+                f"`fashion-tagger dataset split {ds.url} --val 0.1 --test 0.2 --force` first"
             )
     names = class_names(ds)
     workers = workers or usable_cores()
+    ds.with_table(ds.table.take([i for i, _ in rows])).local_images(progress=progress)
     writer = {"folders": _to_folders, "zip": _to_zip, "hdf5": _to_hdf5}[fmt]
     with _progress.bar(f"export {fmt}", total=len(rows), enabled=progress) as bar:
         failed = writer(ds, rows, names, out, size, grayscale, workers, bar)

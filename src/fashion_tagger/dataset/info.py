@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import asdict
 from typing import Any
 
 from fashion_tagger.dataset.core import Dataset
@@ -34,7 +35,7 @@ def describe(ds: Dataset, top: int | None = None) -> dict[str, Any]:
             attributes.setdefault(group, Counter())[value] += 1
     return {
         "name": ds.name,
-        "path": str(ds.root),
+        "path": ds.url,
         "images": len(ds),
         "items": len(set(ds.table.column("item_id").to_pylist())),
         "unique_images": len(set(ds.table.column("sha256").to_pylist())),
@@ -44,5 +45,5 @@ def describe(ds: Dataset, top: int | None = None) -> dict[str, Any]:
         "attributes": {g: len(c) for g, c in sorted(attributes.items())},
         "attribute_values": {g: dict(c.most_common(top)) for g, c in sorted(attributes.items())},
         "missing_images": len(ds.missing_images()),
-        "sources": ds.info.get("sources", []),
+        "sources": [asdict(s) for s in ds.info.sources],
     }

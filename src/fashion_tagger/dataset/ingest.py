@@ -25,11 +25,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from fashion_tagger import _progress
+from fashion_tagger import _progress, storage
 from fashion_tagger._cpu import usable_cores
 from fashion_tagger._io import atomic_path, write_json_atomic
 from fashion_tagger.dataset import images, manifest, store
 from fashion_tagger.dataset.core import Dataset
+from fashion_tagger.dataset.manifest import DatasetInfo, ManifestRow, SourceRef
 from fashion_tagger.errors import DatasetError
 
 STATE_DIR = ".import"
@@ -58,6 +59,22 @@ class Record:
     meta: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     detail: str = ""
+
+    def row(self, sha256: str, ext: str, width: int, height: int, source: str) -> ManifestRow:
+        """The manifest row of this record once its image is stored."""
+        return ManifestRow(
+            image=store.relpath(sha256, ext),
+            sha256=sha256,
+            item_id=self.item_id,
+            labels=self.labels,
+            attributes=self.attributes,
+            split=self.split,
+            source=source,
+            source_url=self.source_url,
+            width=width,
+            height=height,
+            meta=self.meta,
+        )
 
 
 @dataclass
@@ -233,6 +250,113 @@ class _State:
         return pa.concat_tables([pq.read_table(p) for p in self.parts]).drop(["_key"])
 
 
+class _Pipeline:
+    """Records in, stored images and flushed rows out: a bounded number of batches in flight."""
+
+    def __init__(self, out: Path, state: _State, kind: str, workers: int) -> None:
+        self.out, self.state, self.kind, self.workers = out, state, kind, workers
+        self.pool = _pool(workers)
+        self.in_flight: collections.deque[tuple[list[Record], Future | list]] = collections.deque()
+        self.rows: list[dict[str, Any]] = []
+
+    def submit(self, batch: list[Record], datas: list[bytes], bar: _progress.Bar) -> None:
+        if self.pool is None:
+            self.in_flight.append((batch, _store_batch(str(self.out), datas)))
+        else:
+            self.in_flight.append((batch, self.pool.submit(_store_batch, str(self.out), datas)))
+        while len(self.in_flight) > 2 * self.workers:
+            self.drain_one(bar)
+
+    def drain_one(self, bar: _progress.Bar) -> None:
+        batch, fut = self.in_flight.popleft()
+        results = fut.result() if isinstance(fut, Future) else fut
+        skipped = []
+        for rec, res in zip(batch, results, strict=True):
+            if res[0] == "!":
+                skipped.append({"key": rec.key, "reason": res[1], "detail": res[2]})
+                continue
+            sha, ext, w, h = res
+            self.rows.append(rec.row(sha, ext, w, h, self.kind).to_dict() | {"_key": rec.key})
+        self.state.add_skipped(skipped)
+        bar.advance(len(batch))
+        if len(self.rows) >= FLUSH_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        self.state.flush(self.rows)
+        self.rows.clear()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+
+
+def _load(rec: Record) -> bytes | None:
+    """The record's image bytes, or None with `rec.error` set to why not."""
+    if rec.error is not None:
+        return None
+    try:
+        data = rec.load() if rec.load else None
+        if data is None:
+            rec.error, rec.detail = "missing_image", "no image data"
+    except (OSError, ValueError, KeyError) as exc:
+        rec.error, rec.detail = "unreadable", str(exc)[:300]
+        return None
+    return data
+
+
+def _run(records: Iterable[Record], pipe: _Pipeline, done: set[str], bar: _progress.Bar) -> None:
+    """Feed every new record through the pipeline; rows drained so far are flushed on any exit
+    (their images are stored), so a re-run skips them."""
+    seen: set[str] = set()
+    batch: list[Record] = []
+    datas: list[bytes] = []
+    pre_skipped: list[dict[str, str]] = []
+    try:
+        for rec in records:
+            if rec.key in done:
+                bar.advance()
+                continue
+            if rec.key in seen:
+                raise DatasetError(f"importer bug: record key {rec.key!r} is not unique")
+            seen.add(rec.key)
+            data = _load(rec)
+            if data is None:
+                pre_skipped.append({"key": rec.key, "reason": rec.error, "detail": rec.detail})
+                bar.advance()
+                continue
+            batch.append(rec)
+            datas.append(data)
+            if len(batch) >= BATCH:
+                pipe.submit(batch, datas, bar)
+                batch, datas = [], []
+                pipe.state.add_skipped(pre_skipped)
+                pre_skipped = []
+        if batch:
+            pipe.submit(batch, datas, bar)
+        pipe.state.add_skipped(pre_skipped)
+        while pipe.in_flight:
+            pipe.drain_one(bar)
+    finally:
+        pipe.flush()
+        pipe.close()
+
+
+def _existing(out: Path, fp: str) -> ImportResult | None:
+    """The finished import already in `out` if it was made with these arguments (else raise)."""
+    if not (out / manifest.INFO_FILE).is_file() or (out / STATE_DIR).is_dir():
+        return None
+    info = manifest.read_info(out)
+    if (info.import_ or {}).get("fingerprint") != fp:
+        raise DatasetError(
+            f"{out} already holds a dataset ({info.name!r}, imported with other "
+            "arguments); choose another --out or delete it first."
+        )
+    report_path = out / REPORT_FILE
+    report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    return ImportResult(Dataset.open(out), report, up_to_date=True)
+
+
 def ingest(
     records: Iterable[Record],
     out: str | Path,
@@ -247,7 +371,7 @@ def ingest(
     progress: bool = True,
     extra_info: dict[str, Any] | None = None,
 ) -> ImportResult:
-    """Validate, store and index `records` into the dataset dir `out`.
+    """Validate, store and index `records` into the dataset dir `out` (a folder or a URL).
 
     Args:
         kind: the importer's name, recorded in dataset.json.
@@ -257,114 +381,19 @@ def ingest(
         total: number of records, when known, for the progress bar.
         workers: decoding processes (default: all cores).
     """
+    args = dict(kind=kind, fp=fp, name=name, levels=levels, source=source, total=total,
+                workers=workers, progress=progress, extra_info=extra_info)  # fmt: skip
+    if storage.is_url(out):
+        return _ingest_remote(records, storage.normalize(out).rstrip("/"), **args)
     out = Path(out)
-    if (out / manifest.INFO_FILE).is_file() and not (out / STATE_DIR).is_dir():
-        info = manifest.read_info(out)
-        if info.get("import", {}).get("fingerprint") == fp:
-            report_path = out / REPORT_FILE
-            report = json.loads(report_path.read_text()) if report_path.is_file() else {}
-            return ImportResult(Dataset.open(out), report, up_to_date=True)
-        raise DatasetError(
-            f"{out} already holds a dataset ({info.get('name')!r}, imported with other "
-            "arguments); choose another --out or delete it first."
-        )
-
+    if (up_to_date := _existing(out, fp)) is not None:
+        return up_to_date
     state = _State(out, fp)
     try:
         done = state.done_keys()
-        resumed = state.existed
-        workers = workers or usable_cores()
-        pool = _pool(workers)
-        in_flight: collections.deque[tuple[list[Record], Future | list]] = collections.deque()
-        rows: list[dict[str, Any]] = []
-        seen: set[str] = set()
-
-        def submit(batch: list[Record], datas: list[bytes]) -> None:
-            if pool is None:
-                in_flight.append((batch, _store_batch(str(out), datas)))
-            else:
-                in_flight.append((batch, pool.submit(_store_batch, str(out), datas)))
-
-        def drain_one(bar: _progress.Bar) -> None:
-            batch, fut = in_flight.popleft()
-            results = fut.result() if isinstance(fut, Future) else fut
-            skipped = []
-            for rec, res in zip(batch, results, strict=True):
-                if res[0] == "!":
-                    skipped.append({"key": rec.key, "reason": res[1], "detail": res[2]})
-                    continue
-                sha, ext, w, h = res
-                rows.append(
-                    {
-                        "image": store.relpath(sha, ext),
-                        "sha256": sha,
-                        "item_id": rec.item_id,
-                        "labels": rec.labels,
-                        "attributes": rec.attributes,
-                        "split": rec.split,
-                        "source": kind,
-                        "source_url": rec.source_url,
-                        "width": w,
-                        "height": h,
-                        "meta": json.dumps(rec.meta, ensure_ascii=False, default=str),
-                        "_key": rec.key,
-                    }
-                )
-            state.add_skipped(skipped)
-            bar.advance(len(batch))
-            if len(rows) >= FLUSH_ROWS:
-                state.flush(rows)
-                rows.clear()
-
-        try:
-            with _progress.bar(f"import {kind}", total=total, enabled=progress) as bar:
-                batch: list[Record] = []
-                datas: list[bytes] = []
-                pre_skipped: list[dict[str, str]] = []
-                for rec in records:
-                    if rec.key in done:
-                        bar.advance()
-                        continue
-                    if rec.key in seen:
-                        raise DatasetError(f"importer bug: record key {rec.key!r} is not unique")
-                    seen.add(rec.key)
-                    data = None
-                    if rec.error is None:
-                        try:
-                            data = rec.load() if rec.load else None
-                            if data is None:
-                                rec.error, rec.detail = "missing_image", "no image data"
-                        except (OSError, ValueError, KeyError) as exc:
-                            rec.error, rec.detail = "unreadable", str(exc)[:300]
-                    if rec.error is not None:
-                        pre_skipped.append(
-                            {"key": rec.key, "reason": rec.error, "detail": rec.detail}
-                        )
-                        bar.advance()
-                        continue
-                    batch.append(rec)
-                    datas.append(data)
-                    if len(batch) >= BATCH:
-                        submit(batch, datas)
-                        batch, datas = [], []
-                        state.add_skipped(pre_skipped)
-                        pre_skipped = []
-                        while len(in_flight) > 2 * workers:
-                            drain_one(bar)
-                if batch:
-                    submit(batch, datas)
-                state.add_skipped(pre_skipped)
-                while in_flight:
-                    drain_one(bar)
-                state.flush(rows)
-        except BaseException:
-            # Rows already drained have their image stored: keep them so a re-run skips them.
-            state.flush(rows)
-            raise
-        finally:
-            if pool is not None:
-                pool.shutdown(cancel_futures=True)
-
+        pipe = _Pipeline(out, state, kind, workers or usable_cores())
+        with _progress.bar(f"import {kind}", total=total, enabled=progress) as bar:
+            _run(records, pipe, done, bar)
         table = state.table()
         skipped = list({s["key"]: s for s in state.skipped()}.values())
         reasons = collections.Counter(s["reason"] for s in skipped)
@@ -376,19 +405,49 @@ def ingest(
             "reasons": dict(sorted(reasons.items())),
             "skipped_records": skipped,
         }
-        info = {
-            "name": name,
-            "levels": levels,
-            "sources": [{"kind": kind, "source": source, "imported_at": manifest.now()}],
-            "import": {"kind": kind, "fingerprint": fp},
-            **(extra_info or {}),
-        }
         if table.num_rows == 0:
             raise DatasetError(f"no usable image found in {source} ({len(skipped)} skipped)")
+        info = DatasetInfo(
+            name=name,
+            levels=tuple(levels),
+            sources=(SourceRef(kind, source, manifest.now()),),
+            import_={"kind": kind, "fingerprint": fp},
+            extra=extra_info or {},
+        )
         write_json_atomic(out / REPORT_FILE, report)
         ds = Dataset.create(out, table, info)
         state.release()
         shutil.rmtree(state.dir, ignore_errors=True)
-        return ImportResult(ds, report, resumed=resumed)
+        return ImportResult(ds, report, resumed=state.existed)
     finally:
         state.release()
+
+
+def _ingest_remote(records: Iterable[Record], url: str, **args: Any) -> ImportResult:
+    """Import into a dataset dir on object storage: stage it in the local mirror (locked and
+    resumable like any local import), then publish it there, manifest last.
+
+    The images go first (only those the store lacks), then import_report.json, items.parquet
+    and dataset.json: until that last PUT the URL holds the old dataset or none.
+    """
+    remote = storage.Remote.open(url)
+    info_bytes = remote.read_bytes(manifest.INFO_FILE)
+    if info_bytes is not None:
+        info = manifest.parse_info(info_bytes, f"{url}/{manifest.INFO_FILE}")
+        if (info.import_ or {}).get("fingerprint") != args["fp"]:
+            raise DatasetError(
+                f"{url} already holds a dataset ({info.name!r}, imported with other "
+                "arguments); choose another --out or delete it first."
+            )
+        report = json.loads(remote.read_bytes(REPORT_FILE) or b"{}")
+        return ImportResult(Dataset.open(url), report, up_to_date=True)
+    stage = storage.mirror_dir(url)
+    if (stage / manifest.INFO_FILE).is_file() and not (stage / STATE_DIR).is_dir():
+        staged = manifest.read_info(stage)
+        if (staged.import_ or {}).get("fingerprint") != args["fp"]:
+            for stale in (manifest.INFO_FILE, manifest.ITEMS_FILE, REPORT_FILE):
+                (stage / stale).unlink(missing_ok=True)  # images stay: content-addressed
+    local = ingest(records, stage, **args)
+    ds = local.dataset.copy_to(url, progress=args["progress"])
+    remote.write_bytes(REPORT_FILE, json.dumps(local.report, indent=2).encode())
+    return ImportResult(ds.save(), local.report, resumed=local.resumed)

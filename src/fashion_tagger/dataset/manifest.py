@@ -6,7 +6,10 @@ every reader checks, so stages only ever read a layout they understand.
 
 from __future__ import annotations
 
+import io
 import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,7 @@ import pyarrow.parquet as pq
 
 from fashion_tagger._io import atomic_path, write_json_atomic
 from fashion_tagger.errors import DatasetError
+from fashion_tagger.storage import Remote
 
 FORMAT_VERSION = 1
 ITEMS_FILE = "items.parquet"
@@ -44,11 +48,56 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
-    """Rows (dicts with every column) to a table of the manifest schema."""
-    return pa.Table.from_pylist(
-        [{c: r.get(c, _DEFAULTS.get(c)) for c in COLUMNS} for r in rows], schema=SCHEMA
-    )
+@dataclass(frozen=True)
+class ManifestRow:
+    """One row of `items.parquet`: one image and its labels. Built here only, by every source.
+
+    Attributes:
+        image: the path relative to the dataset dir (`store.relpath(sha256, ext)`).
+        item_id: the source's product id; photos of one item share it and never split apart.
+        labels: the category path, root first, any depth.
+        attributes: `group=value` strings.
+        meta: anything else (title, brand, price...), stored as JSON text.
+    """
+
+    image: str
+    sha256: str
+    item_id: str
+    labels: Sequence[str]
+    attributes: Sequence[str] = ()
+    split: str = ""
+    source: str = ""
+    source_url: str = ""
+    width: int = 0
+    height: int = 0
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The row as the manifest stores it (lists, and `meta` as JSON text)."""
+        return {
+            "image": self.image,
+            "sha256": self.sha256,
+            "item_id": self.item_id,
+            "labels": list(self.labels),
+            "attributes": list(self.attributes),
+            "split": self.split,
+            "source": self.source,
+            "source_url": self.source_url,
+            "width": self.width,
+            "height": self.height,
+            "meta": json.dumps(dict(self.meta), ensure_ascii=False, default=str),
+        }
+
+
+def rows_to_table(rows: Iterable[ManifestRow | Mapping[str, Any]]) -> pa.Table:
+    """Rows to a table of the manifest schema; plain dicts get defaults for missing columns."""
+    dicts = [
+        r.to_dict()
+        if isinstance(r, ManifestRow)
+        else {c: r.get(c, _DEFAULTS.get(c)) for c in COLUMNS}
+        for r in rows
+    ]
+    return pa.Table.from_pylist(dicts, schema=SCHEMA)
 
 
 _DEFAULTS: dict[str, Any] = {
@@ -61,6 +110,87 @@ _DEFAULTS: dict[str, Any] = {
     "width": 0,
     "height": 0,
 }
+
+
+@dataclass(frozen=True)
+class SourceRef:
+    """Where (part of) a dataset came from: the importer, its input, and when."""
+
+    kind: str
+    source: str
+    imported_at: str
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """`dataset.json`: what a dataset is, where it came from, and what was done to it.
+
+    Written only by `write_info` (with the format version), read only by `read_info` (which checks
+    it). Keys this version does not know are kept in `extra` and written back unchanged.
+    """
+
+    name: str = ""
+    levels: tuple[str, ...] = ()
+    """Level names, root first (e.g. masterCategory, subCategory, articleType)."""
+    attribute_groups: tuple[str, ...] = ()
+    counts: Mapping[str, Any] = field(default_factory=dict)
+    """`images`, `items` and `splits` (split -> images), refreshed by every save."""
+    created: str = ""
+    updated: str = ""
+    sources: tuple[SourceRef, ...] = ()
+    import_: Mapping[str, Any] | None = None
+    """The importer's kind and argument fingerprint (`import` in the file): a re-run matches it."""
+    crawl: Mapping[str, Any] | None = None
+    """A crawl's settings; its state lives in `crawl.db` beside the manifest."""
+    derived_from: str | None = None
+    """The dataset dir this one was filtered from."""
+    history: tuple[Mapping[str, Any], ...] = ()
+    """One entry per operation (split, filter, dedup...): op, at, args, result."""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def with_history(self, op: str, args: Mapping[str, Any], result: Any) -> DatasetInfo:
+        """This info plus one history entry: what was done, when, with which arguments."""
+        entry = {"op": op, "at": now(), "args": dict(args), "result": result}
+        return replace(self, history=(*self.history, entry))
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object of dataset.json, format version first; unset optional keys omitted."""
+        out: dict[str, Any] = {"format_version": FORMAT_VERSION, **self.extra, "name": self.name}
+        out["levels"] = list(self.levels)
+        out["attribute_groups"] = list(self.attribute_groups)
+        out["counts"] = dict(self.counts)
+        out["created"], out["updated"] = self.created, self.updated
+        out["sources"] = [asdict(s) for s in self.sources]
+        for key, value in (("import", self.import_), ("crawl", self.crawl),
+                           ("derived_from", self.derived_from)):  # fmt: skip
+            if value is not None:
+                out[key] = dict(value) if isinstance(value, Mapping) else value
+        out["history"] = [dict(h) for h in self.history]
+        return out
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> DatasetInfo:
+        """Parse a dataset.json object (its format version is checked by `read_info`)."""
+        known = {f.name for f in fields(cls)} - {"import_", "extra"}
+        return cls(
+            name=str(obj.get("name") or ""),
+            levels=tuple(obj.get("levels") or ()),
+            attribute_groups=tuple(obj.get("attribute_groups") or ()),
+            counts=dict(obj.get("counts") or {}),
+            created=str(obj.get("created") or ""),
+            updated=str(obj.get("updated") or ""),
+            sources=tuple(_source(s) for s in obj.get("sources") or ()),
+            import_=obj.get("import"),
+            crawl=obj.get("crawl"),
+            derived_from=obj.get("derived_from"),
+            history=tuple(obj.get("history") or ()),
+            extra={k: v for k, v in obj.items() if k not in known | {"import", "format_version"}},
+        )
+
+
+def _source(obj: Mapping[str, Any]) -> SourceRef:
+    return SourceRef(str(obj.get("kind", "")), str(obj.get("source", "")),
+                     str(obj.get("imported_at", "")))  # fmt: skip
 
 
 def conform(table: pa.Table) -> pa.Table:
@@ -90,22 +220,60 @@ def read_items(root: Path) -> pa.Table:
         raise DatasetError(f"{path} is unreadable: {exc}") from exc
 
 
-def read_info(root: Path) -> dict[str, Any]:
+def read_info(root: Path) -> DatasetInfo:
     path = root / INFO_FILE
     if not path.is_file():
         raise DatasetError(f"{root} is not a dataset dir: {INFO_FILE} is missing")
+    return parse_info(path.read_bytes(), str(path))
+
+
+def parse_info(data: bytes, where: str) -> DatasetInfo:
+    """dataset.json's bytes to a `DatasetInfo`, refusing a format version we do not read."""
     try:
-        info = json.loads(path.read_text())
+        obj = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{path} is not valid JSON: {exc}") from exc
-    version = info.get("format_version")
+        raise DatasetError(f"{where} is not valid JSON: {exc}") from exc
+    version = obj.get("format_version") if isinstance(obj, dict) else None
     if version != FORMAT_VERSION:
         raise DatasetError(
-            f"{path} has format version {version!r}; this fashion-tagger reads version "
+            f"{where} has format version {version!r}; this fashion-tagger reads version "
             f"{FORMAT_VERSION}. Re-import the data or upgrade fashion-tagger."
         )
-    return info
+    return DatasetInfo.from_json(obj)
 
 
-def write_info(root: Path, info: dict[str, Any]) -> None:
-    write_json_atomic(root / INFO_FILE, {"format_version": FORMAT_VERSION, **info})
+def write_info(root: Path, info: DatasetInfo) -> None:
+    write_json_atomic(root / INFO_FILE, info.to_json())
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(conform(table), buf, compression="zstd")
+    return buf.getvalue()
+
+
+def read_remote(remote: Remote) -> tuple[pa.Table, DatasetInfo]:
+    """The manifest of a dataset dir on object storage (dataset.json first: it names a dataset
+    only once items.parquet and every image it lists are in place)."""
+    data = remote.read_bytes(INFO_FILE)
+    if data is None:
+        raise DatasetError(
+            f"{remote.url} is not a dataset dir: {INFO_FILE} is missing (import into it first)"
+        )
+    info = parse_info(data, f"{remote.url}/{INFO_FILE}")
+    items = remote.read_bytes(ITEMS_FILE)
+    if items is None:
+        raise DatasetError(f"{remote.url} is not a dataset dir: {ITEMS_FILE} is missing")
+    try:
+        return conform(pq.read_table(io.BytesIO(items))), info
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DatasetError(f"{remote.url}/{ITEMS_FILE} is unreadable: {exc}") from exc
+
+
+def write_remote(remote: Remote, table: pa.Table, info: DatasetInfo) -> None:
+    """items.parquet, then dataset.json last: each is one PUT, which object storage applies
+    whole, so a reader sees the old dataset or the new one, never a manifest naming missing rows."""
+    remote.write_bytes(ITEMS_FILE, _parquet_bytes(table))
+    remote.write_bytes(
+        INFO_FILE, (json.dumps(info.to_json(), indent=2, ensure_ascii=False) + "\n").encode()
+    )

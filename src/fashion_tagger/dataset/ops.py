@@ -10,18 +10,16 @@ counts as its most common one.
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from fashion_tagger._io import atomic_path
+from fashion_tagger import storage
 from fashion_tagger.dataset import manifest
 from fashion_tagger.dataset.core import Dataset
 from fashion_tagger.errors import DatasetError
@@ -29,10 +27,9 @@ from fashion_tagger.errors import DatasetError
 Leaf = tuple[str, ...]
 
 
-def _history(ds: Dataset, op: str, args: dict[str, Any], result: dict[str, Any]) -> list:
+def _history(ds: Dataset, op: str, args: dict[str, Any], result: dict[str, Any]) -> tuple:
     """dataset.json's `history` plus one entry: what was done, when, with which arguments."""
-    entry = {"op": op, "at": manifest.now(), "args": args, "result": result}
-    return [*list(ds.info.get("history") or []), entry]
+    return ds.info.with_history(op, args, result).history
 
 
 def _item_classes(item_ids: Sequence[str], classes: Sequence[Leaf]) -> dict[str, Leaf]:
@@ -342,28 +339,24 @@ def filter_dataset(
 
 
 def relocate(ds: Dataset, out: str | Path) -> Dataset:
-    """The same rows as a new dataset dir at `out`, its images hard-linked (or copied) there.
+    """The same rows as a new dataset dir at `out` (a folder or a URL), with their images.
 
-    Only images the rows reference are brought; the manifest is written last, so an interrupted
-    copy leaves no dataset behind. Call `save()` on the result.
+    Only images the rows reference are brought (hard-linked where possible); the manifest is
+    written last by `save()`, so an interrupted copy leaves no dataset behind. Call `save()`.
     """
-    out = Path(out)
-    if out.resolve() == ds.root.resolve():
-        return ds
-    if (out / manifest.ITEMS_FILE).exists() or (out / manifest.INFO_FILE).exists():
-        raise DatasetError(
-            f"{out} already holds a dataset; choose another --out or delete it first"
-        )
-    for rel in sorted(set(ds.table.column("image").to_pylist())):
-        src, dst = ds.root / rel, out / rel
-        if dst.exists():
-            continue
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(dst) as tmp:
-            tmp.unlink()
-            try:
-                os.link(src, tmp)
-            except OSError:
-                shutil.copy2(src, tmp)
-    info = {**ds.info, "derived_from": str(ds.root)}
-    return Dataset(out, ds.table, info)
+    if storage.is_url(out):
+        target = storage.normalize(out).rstrip("/")
+        if target == ds.url.rstrip("/"):
+            return ds
+        if storage.Remote.open(target).read_bytes(manifest.INFO_FILE) is not None:
+            raise DatasetError(f"{target} already holds a dataset; choose another --out")
+    else:
+        out = Path(out)
+        if not ds.is_remote and out.resolve() == ds.root.resolve():
+            return ds
+        if (out / manifest.ITEMS_FILE).exists() or (out / manifest.INFO_FILE).exists():
+            raise DatasetError(
+                f"{out} already holds a dataset; choose another --out or delete it first"
+            )
+    moved = ds.copy_to(out)
+    return replace(moved, info=replace(moved.info, derived_from=ds.url))

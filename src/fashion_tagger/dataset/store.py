@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
-from fashion_tagger._io import write_bytes_atomic
+from fashion_tagger._io import atomic_path, write_bytes_atomic
 
 IMAGES_DIR = "images"
 
@@ -52,3 +53,16 @@ def put(
 def sync() -> None:
     """Flush every image written so far to disk (one `sync` instead of one `fsync` per file)."""
     os.sync()
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Put the stored file `src` at `dst` (hard link, else copy), atomically; kept if there."""
+    if dst.exists():
+        return
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(dst) as tmp:
+        tmp.unlink()
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copy2(src, tmp)

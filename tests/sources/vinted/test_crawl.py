@@ -41,7 +41,7 @@ def test_crawl_keeps_every_listing_once_with_its_photo_and_label(market, tmp_pat
     assert (meta["price"], meta["currency"]) == ("6.0", "EUR")
     assert meta["photo_url"].endswith("?s=" + meta["photo_url"].split("?s=")[1])
     assert row.source == "vinted" and row.source_url.endswith("/items/1000001-listing-1000001")
-    assert ds.info["sources"][0]["kind"] == "vinted"
+    assert ds.info.sources[0].kind == "vinted"
     # pages were walked (8 per page), no request made twice
     assert all(n == 1 for n in market.count("/api/").values())
     assert all(n == 1 for n in market.count("/t/").values())

@@ -17,7 +17,6 @@ import contextlib
 import fcntl
 import hashlib
 import io
-import json
 import shutil
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
@@ -27,9 +26,10 @@ from typing import Any, TypeVar
 
 from PIL import Image
 
-from fashion_tagger import _progress
+from fashion_tagger import _progress, storage
 from fashion_tagger.dataset import images, manifest, store
 from fashion_tagger.dataset.core import Dataset
+from fashion_tagger.dataset.manifest import DatasetInfo, ManifestRow, SourceRef
 from fashion_tagger.errors import FashionTaggerError
 from fashion_tagger.sources.vinted import api, categories
 from fashion_tagger.sources.vinted.categories import DEFAULT_EXCLUDE
@@ -180,7 +180,7 @@ def _attributes(listing: dict[str, Any]) -> list[str]:
     return [f"{name}={listing[key]}" for name, key in pairs if listing.get(key)]
 
 
-def rows_from_state(state: State, unisex: str, base_url: str) -> list[dict[str, Any]]:
+def rows_from_state(state: State, unisex: str, base_url: str) -> list[ManifestRow]:
     """One manifest row per stored photo (and label path), from the crawl state."""
     rows = []
     for photo in state.done_photos():
@@ -194,19 +194,18 @@ def rows_from_state(state: State, unisex: str, base_url: str) -> list[dict[str, 
         }
         for labels in labels_for(photo, unisex):
             rows.append(
-                {
-                    "image": photo.image,
-                    "sha256": photo.sha256,
-                    "item_id": photo.listing_id,
-                    "labels": labels,
-                    "attributes": _attributes(listing),
-                    "split": "",
-                    "source": "vinted",
-                    "source_url": url,
-                    "width": photo.width,
-                    "height": photo.height,
-                    "meta": json.dumps(meta, ensure_ascii=False),
-                }
+                ManifestRow(
+                    image=photo.image,
+                    sha256=photo.sha256,
+                    item_id=photo.listing_id,
+                    labels=labels,
+                    attributes=_attributes(listing),
+                    source="vinted",
+                    source_url=url,
+                    width=photo.width,
+                    height=photo.height,
+                    meta=meta,
+                )
             )
     return rows
 
@@ -215,12 +214,12 @@ def write_dataset(out: Path, state: State, config: CrawlConfig) -> Dataset:
     """Rebuild items.parquet and dataset.json from the state, atomically."""
     rows = rows_from_state(state, config.unisex, config.url)
     created = state.get_meta("created") or manifest.now()
-    info = {
-        "name": out.resolve().name,
-        "levels": LEVELS,
-        "created": created,
-        "sources": [{"kind": "vinted", "source": config.url, "imported_at": created}],
-        "crawl": {
+    info = DatasetInfo(
+        name=out.resolve().name,
+        levels=tuple(LEVELS),
+        created=created,
+        sources=(SourceRef("vinted", config.url, created),),
+        crawl={
             "per_category": config.per_category,
             "image_size": config.image_size,
             "quality": config.quality,
@@ -228,7 +227,7 @@ def write_dataset(out: Path, state: State, config: CrawlConfig) -> Dataset:
             "unisex": config.unisex,
             "state": "crawl.db",
         },
-    }
+    )
     return Dataset.create(out, manifest.rows_to_table(rows), info)
 
 
@@ -414,6 +413,11 @@ def crawl_vinted(
         Blocked: the bot wall stayed up after a pause; the state and manifest are saved.
         CrawlError: no category tree, nothing to crawl, or another crawl holds `out`.
     """
+    if storage.is_url(out):
+        raise CrawlError(
+            f"a crawl keeps its state (crawl.db) in a local dir, not at {storage.normalize(out)}: "
+            "give --out a local dir"
+        )
     out = Path(out)
     config = config or CrawlConfig()
     if (out / manifest.INFO_FILE).is_file() and not (out / "crawl.db").is_file():
