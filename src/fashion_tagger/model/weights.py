@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fashion_tagger.errors import FashionTaggerError
+from fashion_tagger.model.spec import ModelError
 
 TIMM = "timm"
 """The source name for timm's own (online) loader."""
@@ -42,8 +42,11 @@ CLASSIFIER_PREFIXES = ("fc", "classifier", "head", "last_linear")
 _STRIP_PREFIXES = ("module.", "backbone.", "model.")
 
 
-class WeightsError(FashionTaggerError):
-    """Weights cannot be found, read, converted or loaded as asked; the message says how to fix."""
+class WeightsError(ModelError):
+    """Weights cannot be found, read, converted or loaded as asked; the message says how to fix.
+
+    A `ModelError`, so callers that catch it for `--weights FILE` keep working.
+    """
 
 
 # -- the loaded weights -----------------------------------------------------------------------
