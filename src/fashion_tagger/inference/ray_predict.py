@@ -1,0 +1,427 @@
+"""`predict --engine ray`: batch tagging on a Ray cluster, resumable by partition.
+
+The input (a dataset dir, a folder or glob, or a Parquet/CSV manifest with a path or URL column;
+local paths or fsspec URLs such as `s3://bucket/photos/`) is listed and sorted once, then cut
+into fixed-size partitions, `part-00000.parquet`, `part-00001.parquet`, ... A partition already
+in the output dir is skipped, so a killed job resumes where it stopped and a deleted partition is
+the only one rewritten. The plan (the sorted paths of each partition) is kept in `_plan.json`
+beside them, and a re-run whose input no longer matches it is refused rather than mixed in.
+
+The pipeline is Ray Data's: read + decode as CPU tasks (the model's own preprocessing, read
+from model.json), then a `map_batches` actor pool where each actor holds one `Tagger` (one ONNX
+Runtime session, or the torch model when the run dir has no model.onnx). The driver gathers each
+partition's rows and writes it atomically, with the schema and values of the local `predict`
+Parquet output. Ray is an optional extra, imported only here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fashion_tagger._io import write_bytes_atomic
+from fashion_tagger.dataset import manifest
+from fashion_tagger.errors import FashionTaggerError, require
+from fashion_tagger.inference.predict import _parquet_schema, expand_inputs
+from fashion_tagger.inference.tagger import Prediction, Tagger
+from fashion_tagger.model.preprocess import decode_for_model, normalize, to_uint8
+
+PLAN_FILE = "_plan.json"
+PART_PATTERN = "part-{:05d}.parquet"
+PATH_COLUMNS = ("path", "url", "image", "image_path", "image_url", "file")
+"""Manifest columns that may hold the images, in the order they are looked for."""
+MANIFEST_EXTS = (".parquet", ".pq", ".csv")
+
+
+# -- inputs -------------------------------------------------------------------------------------
+def _is_url(path: str) -> bool:
+    return "://" in path
+
+
+def _fs(url: str):
+    """The fsspec filesystem of a URL and the path inside it."""
+    fsspec = require("fsspec", "s3")
+    return fsspec.core.url_to_fs(url)
+
+
+def _read_table(path: str):
+    """A Parquet or CSV manifest, local or remote, as an Arrow table."""
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    reader = pcsv.read_csv if path.lower().endswith(".csv") else pq.read_table
+    if not _is_url(path):
+        return reader(path)
+    fs, inner = _fs(path)
+    with fs.open(inner, "rb") as f:
+        return reader(f)
+
+
+def _join(base: str, rel: str) -> str:
+    """`rel` inside `base` (a folder path or URL); absolute paths and URLs stay as they are."""
+    if _is_url(rel) or Path(rel).is_absolute():
+        return rel
+    return f"{base.rstrip('/')}/{rel}" if _is_url(base) else str(Path(base) / rel)
+
+
+def _manifest_paths(path: str) -> list[str]:
+    table = _read_table(path)
+    column = next((c for c in PATH_COLUMNS if c in table.column_names), None)
+    if column is None:
+        raise FashionTaggerError(
+            f"{path} has no image column; name one of its columns {', '.join(PATH_COLUMNS)} "
+            f"(it has {', '.join(table.column_names)})"
+        )
+    base = path.rsplit("/", 1)[0] if _is_url(path) else str(Path(path).parent)
+    return [_join(base, str(v)) for v in table.column(column).to_pylist() if v]
+
+
+def _is_dataset_dir(source: str) -> bool:
+    files = (manifest.ITEMS_FILE, manifest.INFO_FILE)
+    if _is_url(source):
+        fs, inner = _fs(source)
+        return all(fs.exists(f"{inner.rstrip('/')}/{f}") for f in files)
+    return all((Path(source) / f).is_file() for f in files)
+
+
+def _remote_images(source: str) -> list[str]:
+    """Images under a folder URL or matching a glob URL, as full URLs."""
+    from fashion_tagger.dataset.images import EXTENSIONS
+
+    fs, inner = _fs(source)
+    if any(c in inner for c in "*?["):
+        found = fs.glob(inner)
+    elif fs.isdir(inner):
+        found = fs.find(inner)
+    else:
+        return [fs.unstrip_protocol(inner)] if fs.exists(inner) else []
+    return [fs.unstrip_protocol(p) for p in found if Path(p).suffix.lower() in EXTENSIONS]
+
+
+def resolve_source(source: str | Path | Sequence[str | Path]) -> list[str]:
+    """Every image of SOURCE, sorted: a dataset dir's images, a folder's (recursive) or glob's
+    files, or a manifest's path/URL column; local paths or fsspec URLs.
+
+    Sorting makes the partitions a function of the input alone, whatever order a listing or a
+    manifest gives, which is what lets a re-run find its partitions again.
+    """
+    if not isinstance(source, str | Path):
+        return sorted(p for s in source for p in resolve_source(s))
+    text = str(source)
+    if _is_dataset_dir(text):
+        rels = _read_table(_join(text, manifest.ITEMS_FILE)).column("image").to_pylist()
+        paths = [_join(text, r) for r in rels]
+    elif text.lower().endswith(MANIFEST_EXTS):
+        paths = _manifest_paths(text)
+    elif _is_url(text):
+        paths = _remote_images(text)
+    else:
+        paths = [str(p) for p in expand_inputs([text]) if p.exists()]
+    if not paths:
+        raise FashionTaggerError(f"no images found in {text}; give a folder, glob or manifest")
+    return sorted(paths)
+
+
+# -- the plan: partitions of the sorted input ----------------------------------------------------
+def plan_partitions(paths: Sequence[str], partition_size: int) -> list[list[str]]:
+    """Consecutive slices of `partition_size` paths: partition k is always the same paths."""
+    return [list(paths[i : i + partition_size]) for i in range(0, len(paths), partition_size)]
+
+
+def _digest(paths: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(paths).encode()).hexdigest()[:16]
+
+
+class _Out:
+    """The output dir, local (atomic temp file + rename) or an fsspec URL (one PUT per file)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = str(root).rstrip("/")
+        self.fs, self.inner = _fs(self.root) if _is_url(self.root) else (None, self.root)
+
+    def path(self, name: str) -> str:
+        return f"{self.root}/{name}"
+
+    def exists(self, name: str) -> bool:
+        if self.fs is not None:
+            return self.fs.exists(f"{self.inner}/{name}")
+        return Path(self.root, name).is_file()
+
+    def read_text(self, name: str) -> str:
+        if self.fs is not None:
+            return self.fs.cat_file(f"{self.inner}/{name}").decode()
+        return Path(self.root, name).read_text()
+
+    def write(self, name: str, data: bytes) -> None:
+        if self.fs is not None:
+            self.fs.pipe_file(f"{self.inner}/{name}", data)
+        else:
+            write_bytes_atomic(Path(self.root, name), data)
+
+
+def _check_plan(out: _Out, plan: dict[str, Any]) -> None:
+    """Refuse to resume into an out dir that holds the partitions of another input or model."""
+    if not out.exists(PLAN_FILE):
+        out.write(PLAN_FILE, (json.dumps(plan, indent=2) + "\n").encode())
+        return
+    saved = json.loads(out.read_text(PLAN_FILE))
+    for key in ("model_id", "partition_size", "partitions", "top_k"):
+        if saved.get(key) != plan[key]:
+            raise FashionTaggerError(
+                f"{out.root} holds predictions of another job ({key} differs); resume with the "
+                "same run dir, input and options, or choose another --out"
+            )
+
+
+# -- the pipeline's steps (they run on the cluster) ----------------------------------------------
+def decode_batch(batch: dict[str, np.ndarray], spec: Any) -> dict[str, np.ndarray]:
+    """Ray task: read and decode a batch of images to uint8 (N, C, H, W) at the model's size.
+
+    A path is read by Pillow as the local `predict` reads it; a URL through fsspec. An image
+    that cannot be read gets zero pixels and its reason in `error`, never an exception.
+    """
+    h, w = spec.input_size
+    n = len(batch["path"])
+    pixels = np.zeros((n, spec.channels, h, w), dtype=np.uint8)
+    errors = []
+    for i, path in enumerate(batch["path"]):
+        try:
+            source: Any = path
+            if _is_url(path):
+                fs, inner = _fs(path)
+                source = fs.cat_file(inner)
+            pixels[i] = to_uint8(decode_for_model(source, spec), spec)
+            errors.append("")
+        except (FashionTaggerError, OSError, ValueError) as exc:  # as `Tagger._load`
+            errors.append(str(exc) or type(exc).__name__)
+    return {**batch, "pixels": pixels, "error": np.asarray(errors, dtype=object)}
+
+
+class TaggerActor:
+    """Ray actor: one `Tagger` (an ONNX Runtime session or the torch model) per actor, loaded
+    once, decoding its batches into rows of the local `predict` Parquet schema."""
+
+    def __init__(
+        self, run_dir: str, backend: str, top_k: int, device: str = "cpu", threads: int = 1
+    ) -> None:
+        if device != "cpu" and backend in ("auto", "torch"):
+            from fashion_tagger.inference.tagger import TorchBackend
+            from fashion_tagger.rundir import RunDir
+
+            run = RunDir.open(run_dir)
+            self.tagger = Tagger(run.spec, TorchBackend(run, device=device), "torch")
+        else:
+            import torch
+
+            torch.set_num_threads(max(1, threads))
+            self.tagger = Tagger.load(run_dir, backend=backend)
+        self.top_k = top_k
+
+    def __call__(self, batch: dict[str, np.ndarray]):
+        import pyarrow as pa
+
+        spec = self.tagger.spec
+        names = [str(p) for p in batch["path"]]
+        errors = batch["error"]
+        good = [i for i, e in enumerate(errors) if not e]
+        preds: list[Prediction] = [
+            Prediction(image=n, error=e or None) for n, e in zip(names, errors, strict=True)
+        ]
+        if good:
+            x = normalize(np.asarray(batch["pixels"])[good], spec)
+            decoded = self.tagger.decode(
+                self.tagger.predict_arrays(x), top_k=self.top_k, names=[names[i] for i in good]
+            )
+            for i, p in zip(good, decoded, strict=True):
+                preds[i] = p
+        table = pa.Table.from_pylist([p.to_dict() for p in preds], schema=_parquet_schema())
+        table = table.append_column("_part", pa.array(batch["part"], pa.int64()))
+        return table.append_column("_pos", pa.array(batch["pos"], pa.int64()))
+
+
+# -- the driver -----------------------------------------------------------------------------------
+def _ray(address: str | None, num_cpus: int | None):
+    """Ray, connected: to `address`, to the cluster this process already joined, or to a new
+    local one (shut down by the caller)."""
+    ray = require("ray", "ray")
+    started = False
+    if not ray.is_initialized():
+        kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(num_cpus=num_cpus, **kwargs)
+            started = True
+    return ray, started
+
+
+def _spread() -> dict[str, Any]:
+    return {"scheduling_strategy": "SPREAD"}
+
+
+def _write_partition(out: _Out, name: str, tables: list) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.concat_tables(tables)
+    table = table.take(np.argsort(table.column("_pos").to_numpy(), kind="stable"))
+    table = table.drop_columns(["_part", "_pos"]).cast(_parquet_schema())
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    out.write(name, sink.getvalue().to_pybytes())
+    return sum(1 for e in table.column("error").to_pylist() if e is not None)
+
+
+def _run_pipeline(ray, parts, pending, run_dir, spec, out: _Out, options) -> int:
+    """Decode tasks -> actor pool -> the driver, which writes each partition once complete;
+    returns the number of unreadable images."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    rows = [(k, j, p) for k in pending for j, p in enumerate(parts[k])]
+    items = pa.table(
+        {
+            "part": pa.array([r[0] for r in rows], pa.int64()),
+            "pos": pa.array([r[1] for r in rows], pa.int64()),
+            "path": pa.array([r[2] for r in rows], pa.string()),
+        }
+    )
+    block = max(1, options["batch_size"])
+    data = ray.data.from_arrow([items.slice(i, block) for i in range(0, len(items), block)])
+    # decode tasks spread over the cluster's CPUs; giving them their remote args through a
+    # function also keeps Ray from fusing them into the model actors, where decode and model
+    # would run one after the other in one process
+    data = data.map_batches(
+        decode_batch,
+        fn_kwargs={"spec": spec},
+        batch_format="numpy",
+        num_cpus=1,
+        ray_remote_args_fn=_spread,
+    )
+    gpus = options["num_gpus"]
+    size = options["concurrency"]
+    pool = (
+        ray.data.ActorPoolStrategy(min_size=size[0], max_size=size[1])
+        if isinstance(size, tuple)
+        else ray.data.ActorPoolStrategy(size=size)
+    )
+    data = data.map_batches(
+        TaggerActor,
+        fn_constructor_kwargs={
+            "run_dir": str(run_dir),
+            "backend": options["backend"],
+            "top_k": options["top_k"],
+            "device": "cuda" if gpus else "cpu",
+            "threads": options["cpus_per_actor"],
+        },
+        batch_size=options["batch_size"],
+        batch_format="numpy",
+        compute=pool,
+        num_gpus=gpus or None,
+        num_cpus=options["cpus_per_actor"],
+    )
+    waiting: dict[int, list] = {k: [] for k in pending}
+    have = dict.fromkeys(pending, 0)
+    errors = 0
+    for batch in data.iter_batches(batch_format="pyarrow", batch_size=None):
+        for k in set(batch.column("_part").to_pylist()):
+            piece = batch.filter(pc.equal(batch.column("_part"), k))
+            waiting[k].append(piece)
+            have[k] += len(piece)
+            if have[k] == len(parts[k]):
+                errors += _write_partition(out, PART_PATTERN.format(k), waiting.pop(k))
+    if waiting:  # every row comes back once; anything else is a bug, not a user error
+        raise RuntimeError(f"partitions {sorted(waiting)} did not receive all their rows")
+    return errors
+
+
+def predict_ray(
+    run_dir: str | Path,
+    source: str | Path | Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    address: str | None = None,
+    concurrency: int | tuple[int, int] = 1,
+    num_gpus: float = 0,
+    batch_size: int = 64,
+    backend: str = "auto",
+    top_k: int = 5,
+    partition_size: int = 1000,
+    cpus_per_actor: int = 1,
+    num_cpus: int | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Tag every image of `source` on Ray with the model of `run_dir`, into partitioned Parquet.
+
+    Args:
+        address: a Ray cluster (`ray://host:10001`, `auto`); default the cluster this process
+            joined, else a new local one (of `num_cpus` CPUs).
+        concurrency: model actors (or `(min, max)` to autoscale), each holding one model.
+        num_gpus: GPUs per actor; with GPUs the torch model runs on CUDA.
+        batch_size: images per model call (and per decode task).
+        partition_size: images per output file; the unit of resuming.
+        cpus_per_actor: CPUs each actor reserves (and its torch threads).
+
+    Returns:
+        A summary: images, errors, partitions, `written` and `skipped` partition names, out,
+        backend, seconds.
+
+    Example:
+        >>> predict_ray("runs/p1", "s3://bucket/photos/", "preds/", address="auto", concurrency=8)
+    """
+    if batch_size < 1 or top_k < 1 or partition_size < 1:
+        raise FashionTaggerError("--batch-size, --top-k and --partition-size must be 1 or more")
+    started_at = time.perf_counter()
+    tagger = Tagger.load(run_dir, backend="torch" if num_gpus else backend)
+    paths = resolve_source(source)
+    parts = plan_partitions(paths, partition_size)
+    out = _Out(out_dir)
+    names = [PART_PATTERN.format(k) for k in range(len(parts))]
+    _check_plan(
+        out,
+        {
+            "model_id": tagger.spec.model_id,
+            "partition_size": partition_size,
+            "top_k": top_k,
+            "partitions": [
+                {"name": n, "images": len(p), "paths": _digest(p)}
+                for n, p in zip(names, parts, strict=True)
+            ],
+        },
+    )
+    pending = [k for k, n in enumerate(names) if not out.exists(n)]
+    errors = 0
+    if pending:
+        ray, started = _ray(address, num_cpus)
+        try:
+            ray.data.DataContext.get_current().enable_progress_bars = progress
+            options = {
+                "batch_size": batch_size,
+                "backend": backend,
+                "top_k": top_k,
+                "num_gpus": num_gpus,
+                "concurrency": concurrency,
+                "cpus_per_actor": cpus_per_actor,
+            }
+            errors = _run_pipeline(ray, parts, pending, run_dir, tagger.spec, out, options)
+        finally:
+            if started:
+                ray.shutdown()
+    return {
+        "engine": "ray",
+        "images": len(paths),
+        "errors": errors,
+        "partitions": len(parts),
+        "written": [names[k] for k in pending],
+        "skipped": [n for k, n in enumerate(names) if k not in set(pending)],
+        "out": out.root,
+        "backend": tagger.backend_name,
+        "seconds": round(time.perf_counter() - started_at, 2),
+    }
