@@ -1,0 +1,88 @@
+"""`fashion-tagger label` (auto-label photos into a dataset dir) and `fashion-tagger review`
+(the page to accept or reject suggested labels)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from fashion_tagger.cli._app import PROGRESS, app, console, print_json
+
+
+@app.command("label")
+def label_cmd(
+    run_dir: Path = typer.Argument(..., help="A run dir (written by train)."),
+    paths: list[str] = typer.Argument(..., help="Image files, folders (walked) or globs."),
+    out: Path = typer.Option(..., "--out", help="The dataset dir to create or add to."),
+    min_confidence: float = typer.Option(
+        0.9,
+        "--min-confidence",
+        min=0.0,
+        max=1.0,
+        help="Label a photo when its path probability is at least this; queue it for review "
+        "otherwise.",
+    ),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per forward pass."),
+    backend: str = typer.Option("auto", "--backend", help="auto, torch or onnx."),
+    review: bool = typer.Option(
+        True, "--review/--no-review", help="Write review.html for the low-confidence queue."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    progress: bool = PROGRESS,
+) -> None:
+    """Auto-label photos with a trained model: confident rows get the predicted path, the
+    others wait in label_issues.parquet (kind low_confidence) and on the review page; a re-run
+    adds only new photos.
+
+    Example: fashion-tagger label runs/products scraped/ --out data/scraped --min-confidence 0.9
+    """
+    from fashion_tagger.evaluation.review import write_review_page
+    from fashion_tagger.inference.label import label
+
+    summary = label(
+        run_dir,
+        paths,
+        out,
+        min_confidence,
+        batch_size=batch_size,
+        backend=backend,
+        progress=progress,
+    )
+    if review and summary.queued:
+        summary.review_page = str(write_review_page(out))
+    if as_json:
+        print_json(summary.to_dict())
+        return
+    console.print(
+        f"[green]labelled[/] {summary.labelled} of {summary.added} new photos at "
+        f"confidence >= {summary.min_confidence:g}; {summary.queued} queued for review"
+        f"; {summary.already} already in {summary.out}; {len(summary.skipped)} unreadable"
+    )
+    if summary.review_page:
+        console.print(f"review them in {summary.review_page}")
+
+
+@app.command("review")
+def review_cmd(
+    dataset_dir: Path = typer.Argument(..., help="A dataset dir with label_issues.parquet."),
+    out: Path | None = typer.Option(
+        None, "--out", help="The HTML file (default DATASET_DIR/review.html)."
+    ),
+    max_rows: int = typer.Option(
+        2000, "--max-rows", min=1, help="The most rows on the page (highest scores first)."
+    ),
+    all_rows: bool = typer.Option(
+        False, "--all", help="Every scored row, not only those flagged as issues."
+    ),
+) -> None:
+    """Write the self-contained review page of a dataset dir's label issues: thumbnails, given
+    versus suggested path, sorting and filters; keys a/r/u accept, reject, undo, e exports the
+    decisions file for `fashion-tagger dataset relabel`.
+
+    Example: fashion-tagger review data/products --out review.html
+    """
+    from fashion_tagger.evaluation.review import write_review_page
+
+    page = write_review_page(dataset_dir, out, only_issues=not all_rows, max_rows=max_rows)
+    console.print(f"[green]wrote[/] {page}")
