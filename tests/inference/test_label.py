@@ -14,16 +14,17 @@ from run_fixtures import PATHS, draw_item, one_thread, shared_tiny_run
 from fashion_tagger.dataset import images
 from fashion_tagger.dataset.core import Dataset
 from fashion_tagger.dataset.info import describe
+from fashion_tagger.dataset.relabel import issues_settings, read_issues, write_issues
 from fashion_tagger.errors import DatasetError, FashionTaggerError
 from fashion_tagger.inference.label import (
-    ISSUES_FILE,
     LOW_CONFIDENCE,
     SOURCE,
     label,
-    low_confidence_queue,
     write_queue,
 )
 from fashion_tagger.inference.tagger import Tagger
+
+ISSUES_FILE = "label_issues.parquet"
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +134,7 @@ def test_the_same_photo_twice_in_one_run_is_one_row(run_dir, tmp_path):
     assert Dataset.open(tmp_path / "ds").table.column("item_id").to_pylist() == [f.stem]
 
 
-def test_labelled_rows_leave_the_queue_and_audit_rows_stay(run_dir, tmp_path):
+def test_reviewed_rows_leave_the_queue_and_audit_rows_stay(run_dir, tmp_path):
     make_photos(tmp_path / "photos", 6, seed=6)
     out = tmp_path / "ds"
     run_label(run_dir, [tmp_path / "photos"], out, 1.0)
@@ -144,27 +145,29 @@ def test_labelled_rows_leave_the_queue_and_audit_rows_stay(run_dir, tmp_path):
         "given": ["round", "red"],
         "suggested": ["round", "blue"],
         "score": 0.8,
-        "kind": "label_error",
+        "kind": "label",
         "level": "colour",
         "is_issue": True,
-        "extra": 1.5,  # a column the audit may add
+        "outlier_score": 0.25,
     }
     table = pa.concat_tables(
-        [pq.read_table(out / ISSUES_FILE), pa.Table.from_pylist([audit_row])],
-        promote_options="permissive",
+        [read_issues(out), pa.Table.from_pylist([audit_row])], promote_options="permissive"
     )
-    pq.write_table(table, out / ISSUES_FILE)
-    # accept the first queued row by hand, as `dataset relabel` would
-    labels = ds.labels
+    write_issues(out, table, {"folds": 5})
+    # a reviewer accepts row 1 and rejects row 2 (as `dataset relabel` records them)
+    labels, metas = ds.labels, ds.table.column("meta").to_pylist()
     labels[1] = ds.meta(1)["predicted"]
-    ds = ds.with_table(ds.table.set_column(3, "labels", pa.array(labels, pa.list_(pa.string()))))
-    path, n = write_queue(ds.save())
+    metas[2] = json.dumps({**ds.meta(2), "review": {"decision": "reject"}})
+    table = ds.table.set_column(3, "labels", pa.array(labels, pa.list_(pa.string())))
+    table = table.set_column(10, "meta", pa.array(metas, pa.string()))
+    path, n = write_queue(ds.with_table(table).save())
     rows = pq.read_table(path).to_pylist()
-    assert n == 5 and len(rows) == 6
-    assert next(r for r in rows if r["kind"] == "label_error")["extra"] == 1.5
+    assert n == 4 and len(rows) == 5
+    assert rows[0]["kind"] == "label" and rows[0]["outlier_score"] == 0.25  # highest score first
+    assert issues_settings(read_issues(out)) == {"folds": 5}
     queued = {r["image"] for r in rows if r["kind"] == LOW_CONFIDENCE}
-    assert ds.table.column("image")[1].as_py() not in queued
-    assert low_confidence_queue(ds).num_rows == 5
+    assert not queued & {ds.table.column("image")[i].as_py() for i in (1, 2)}
+    assert [r["score"] for r in rows[1:]] == sorted((r["score"] for r in rows[1:]), reverse=True)
 
 
 def test_user_errors_say_how_to_fix_them(run_dir, tmp_path):
@@ -199,3 +202,55 @@ def test_user_errors_say_how_to_fix_them(run_dir, tmp_path):
     )
     with pytest.raises(DatasetError, match="label into another --out"):
         run_label(run_dir, [tmp_path / "photos"], other, 0.5)
+
+
+def test_accepted_queue_rows_become_ordinary_labelled_rows(run_dir, tmp_path):
+    """label -> the review page's decisions -> `dataset relabel`: every row labelled, the
+    queue empty, the model's taxonomy kept in dataset.json for paths no labelled row has."""
+    from fashion_tagger.dataset.relabel import relabel
+    from fashion_tagger.taxonomy import Taxonomy
+
+    make_photos(tmp_path / "photos", 12, seed=8)
+    out = tmp_path / "ds"
+    s = run_label(run_dir, [tmp_path / "photos"], out, 1.0)  # everything queued
+    assert s.queued == 12
+    ds = Dataset.open(out)
+    stored = Taxonomy.from_dict(ds.info.extra["taxonomy"])
+    assert stored == Tagger.load(run_dir, backend="torch").spec.taxonomy
+    queue = read_issues(out).to_pylist()
+    decisions = [  # what the page exports for "a" on every row
+        {
+            "image": r["image"],
+            "item_id": r["item_id"],
+            "decision": "accept",
+            "labels": r["suggested"],
+        }
+        for r in queue
+    ]
+    relabel(out, decisions)
+    ds = Dataset.open(out)
+    assert all(ds.labels[i] == ds.meta(i)["predicted"] for i in range(len(ds)))
+    assert ds.level_names == ("shape", "colour")
+    _, n = write_queue(ds)
+    assert n == 0 and read_issues(out).num_rows == 0
+
+
+def test_the_label_command_prints_its_summary_and_writes_the_review_page(run_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from fashion_tagger.cli import app
+
+    make_photos(tmp_path / "photos", 4, seed=9)
+    out = tmp_path / "ds"
+    args = ["label", str(run_dir), str(tmp_path / "photos"), "--out", str(out)]
+    with one_thread():
+        result = CliRunner().invoke(
+            app, [*args, "--min-confidence", "1", "--json", "--no-progress"]
+        )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert (summary["added"], summary["queued"]) == (4, 4)
+    assert summary["review_page"] == str(out / "review.html")
+    assert "low_confidence" in (out / "review.html").read_text()
+    bad = CliRunner().invoke(app, [*args, "--min-confidence", "2"])
+    assert bad.exit_code == 2

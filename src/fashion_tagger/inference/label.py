@@ -20,32 +20,25 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.compute as pc
 
 from fashion_tagger import _progress
-from fashion_tagger._io import atomic_path
 from fashion_tagger.dataset import images, manifest, store
+from fashion_tagger.dataset import relabel as issues
 from fashion_tagger.dataset.core import Dataset
 from fashion_tagger.errors import DatasetError, FashionTaggerError
 from fashion_tagger.inference.predict import expand_inputs
 from fashion_tagger.inference.tagger import Prediction, Tagger
+from fashion_tagger.taxonomy import Taxonomy
 
 SOURCE = "predicted"
-ISSUES_FILE = "label_issues.parquet"
 LOW_CONFIDENCE = "low_confidence"
-ISSUES_SCHEMA = pa.schema(
-    [
-        pa.field("item_id", pa.string()),
-        pa.field("image", pa.string()),
-        pa.field("given", pa.list_(pa.string())),
-        pa.field("suggested", pa.list_(pa.string())),
-        pa.field("score", pa.float64()),
-        pa.field("kind", pa.string()),
-        pa.field("level", pa.string()),
-        pa.field("is_issue", pa.bool_()),
-    ]
+TAXONOMY_KEY = "taxonomy"
+"""dataset.json key of the labelling model's taxonomy (a `Taxonomy.to_dict()`)."""
+_QUEUE_SCHEMA = pa.schema(
+    [issues.ISSUES_SCHEMA.field(name) for name in (*issues.REQUIRED, "split", "sha256")]
 )
-"""The columns of label_issues.parquet this module writes (the audit writes the same ones)."""
+"""The queue's columns of `label_issues.parquet` (the others stay null)."""
 
 
 @dataclass
@@ -165,71 +158,83 @@ def _save(
     out: Path,
     ds: Dataset | None,
     rows: list[manifest.ManifestRow],
-    levels: Sequence[str],
+    taxonomy: Taxonomy,
     args: dict[str, Any],
 ) -> Dataset:
-    """Append `rows` to the dataset dir (creating it); dataset.json records the run as a source
-    and a history entry."""
+    """Append `rows` to the dataset dir (creating it); dataset.json records the run as a source,
+    a history entry, and the model's taxonomy (`taxonomy`: the paths a queued row may take,
+    even those no labelled row has yet)."""
     new = manifest.rows_to_table(rows)
     ref = manifest.SourceRef(SOURCE, str(args["run"]), manifest.now())
     labelled = sum(bool(r.labels) for r in rows)
     result = {"rows": len(rows), "labelled": labelled, "queued": len(rows) - labelled}
+    levels = tuple(taxonomy.level_names)
     if ds is None:
-        info = manifest.DatasetInfo(name=out.resolve().name, levels=tuple(levels), sources=(ref,))
+        info = manifest.DatasetInfo(
+            name=out.resolve().name,
+            levels=levels,
+            sources=(ref,),
+            extra={TAXONOMY_KEY: taxonomy.to_dict()},
+        )
         return Dataset.create(out, new, info.with_history("label", args, result))
     ds = ds.with_table(
-        pa.concat_tables([ds.table, new]), levels=tuple(levels), sources=(*ds.info.sources, ref)
+        pa.concat_tables([ds.table, new]),
+        levels=levels,
+        sources=(*ds.info.sources, ref),
+        extra={**ds.info.extra, TAXONOMY_KEY: taxonomy.to_dict()},
     )
     return ds.with_history("label", args, result).save()
 
 
 def low_confidence_queue(ds: Dataset) -> pa.Table:
-    """The review queue of a dataset dir: every predicted row still unlabelled, with the
-    predicted path as the suggestion and `score` = 1 - confidence (higher = more doubtful)."""
+    """The review queue of a dataset dir: every predicted row still unlabelled and not yet
+    reviewed, with the predicted path as the suggestion and `score` = 1 - confidence."""
     rows = []
+    table = ds.table
     for i, (labels, source) in enumerate(
-        zip(ds.labels, ds.table.column("source").to_pylist(), strict=True)
+        zip(ds.labels, table.column("source").to_pylist(), strict=True)
     ):
         if source != SOURCE or labels:
             continue
         meta = ds.meta(i)
+        if "review" in meta:  # rejected by a reviewer: decided, not queued again
+            continue
         scores = meta.get("level_scores") or {}
-        worst = min(scores, key=scores.get) if scores else ""
         rows.append(
             {
-                "item_id": ds.table.column("item_id")[i].as_py(),
-                "image": ds.table.column("image")[i].as_py(),
+                "item_id": table.column("item_id")[i].as_py(),
+                "image": table.column("image")[i].as_py(),
                 "given": [],
                 "suggested": list(meta.get("predicted") or []),
                 "score": 1.0 - float(meta.get("confidence", 0.0)),
                 "kind": LOW_CONFIDENCE,
-                "level": worst,
+                # where the model doubts most along its path
+                "level": min(scores, key=scores.get) if scores else None,
                 "is_issue": True,
+                "split": table.column("split")[i].as_py(),
+                "sha256": table.column("sha256")[i].as_py(),
             }
         )
-    return pa.Table.from_pylist(rows, schema=ISSUES_SCHEMA)
+    return issues.conform_issues(pa.Table.from_pylist(rows, schema=_QUEUE_SCHEMA))
 
 
 def write_queue(ds: Dataset) -> tuple[Path, int]:
     """Refresh the low-confidence rows of `label_issues.parquet`, keeping the audit's rows.
 
-    Rows of other kinds are kept as they are (with the columns the audit wrote); the
-    low-confidence ones are rebuilt from the manifest, so a row labelled by `dataset relabel`
-    leaves the queue. Returns the file and the queue's length.
+    The low-confidence rows are rebuilt from the manifest, so a row labelled or rejected by
+    `dataset relabel` leaves the queue; rows of other kinds stay as the audit wrote them.
+    Returns the file and the queue's length.
     """
-    path = ds.root / ISSUES_FILE
     queue = low_confidence_queue(ds)
+    path = issues.issues_path(ds.root)
     if path.is_file():
-        old = pq.read_table(path)
-        if "kind" in old.column_names:
-            keep = [k != LOW_CONFIDENCE for k in old.column("kind").to_pylist()]
-            old = old.filter(pa.array(keep, type=pa.bool_()))
-        table = pa.concat_tables([old, queue], promote_options="permissive")
+        old = issues.read_issues(ds.root)
+        old = old.filter(pc.invert(pc.equal(old.column("kind"), LOW_CONFIDENCE)))
+        table = pa.concat_tables([old, queue.replace_schema_metadata(old.schema.metadata)])
     else:
         table = queue
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
-    return path, queue.num_rows
+    order = pc.sort_indices(table, [("is_issue", "descending"), ("score", "descending")])
+    return issues.write_issues(ds.root, table.take(order)), queue.num_rows
 
 
 def label(
@@ -295,6 +300,6 @@ def label(
         "inputs": [str(p) for p in paths],
         "min_confidence": min_confidence,
     }
-    ds = _save(out, ds, rows, levels, args)
+    ds = _save(out, ds, rows, tagger.spec.taxonomy, args)
     write_queue(ds)
     return summary
