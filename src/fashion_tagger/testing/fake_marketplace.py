@@ -383,175 +383,187 @@ def photo_bytes(item_id: int, n: int) -> bytes:
     return buf.getvalue()
 
 
-def _handler(fake: FakeVinted) -> type[BaseHTTPRequestHandler]:
-    f = fake.faults
+class _Handler(BaseHTTPRequestHandler):
+    """Answers one connection's requests for the `fake` marketplace set on a subclass."""
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        disable_nagle_algorithm = True  # else each answer waits ~40 ms for a delayed ACK
+    fake: FakeVinted
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # else each answer waits ~40 ms for a delayed ACK
 
-        def log_message(self, *args: Any) -> None:  # quiet
+    def log_message(self, *args: Any) -> None:  # quiet
+        pass
+
+    def send(
+        self, status: int, body: bytes, ctype: str, headers: dict[str, str] | None = None
+    ) -> None:
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
             pass
 
-        def send(
-            self, status: int, body: bytes, ctype: str, headers: dict[str, str] | None = None
-        ) -> None:
-            try:
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(body)
-            except (BrokenPipeError, ConnectionResetError):
-                pass
+    def json(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
+        self.send(status, json.dumps(obj).encode(), "application/json", headers)
 
-        def json(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
-            self.send(status, json.dumps(obj).encode(), "application/json", headers)
-
-        def do_POST(self) -> None:
-            if self.path != "/__faults":
-                return self.json(404, {"code": 404})
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            for key, value in json.loads(body or b"{}").items():
-                setattr(fake.faults, key, value)
-            self.json(200, asdict(fake.faults))
-
-        def do_GET(self) -> None:
-            split = urlsplit(self.path)
-            path, query = split.path, parse_qs(split.query)
-            if path == "/__stats":
-                with fake.lock:
-                    return self.json(200, {"hits": dict(fake.hits), "requests": fake.n})
-            if path == "/__faults":
-                return self.json(200, asdict(fake.faults))
-            with fake.lock:
-                fake.hits[self.path] += 1
-                total = sum(fake.hits.values())
-                is_home = path == "/"
-                if not is_home:
-                    fake.n += 1
-                if path.startswith("/api/"):
-                    fake.n_api += 1
-                n, n_api = fake.n, fake.n_api
-                wall = bool(
-                    f.bot_wall_after
-                    and total > f.bot_wall_after
-                    and fake.walled < f.bot_wall_requests
-                )
-                if wall:
-                    fake.walled += 1
-            if fake.latency:
-                time.sleep(fake.latency)
-            if wall:
-                return self.send(
-                    403, b"<html><body>Please verify you are a human</body></html>", "text/html"
-                )
-            if is_home:
-                token = fake.new_token()
-                cookie = f"access_token_web={token}; Path=/; HttpOnly"
-                return self.send(
-                    200,
-                    fake.home_html().encode(),
-                    "text/html; charset=utf-8",
-                    {"Set-Cookie": cookie},
-                )
-
-            def hit(every: int) -> bool:
-                return bool(every) and n % every == 0
-
-            is_api = path.startswith("/api/")
-            if hit(f.slow_every):
-                time.sleep(f.slow_seconds)
-            if hit(f.rate_limit_every):
-                return self.json(429, {"code": 429}, {"Retry-After": f"{f.retry_after:g}"})
-            if hit(f.rate_limit_bare_every):
-                return self.json(429, {"code": 429})
-            if hit(f.server_error_every):
-                return self.json(503, {"code": 503})
-            if is_api:
-                n = n_api  # API-only faults count API requests
-                if hit(f.expire_cookie_every) or hit(f.auth_403_every):
-                    with fake.lock:
-                        fake.tokens.clear()
-                if not self._authorised():
-                    if hit(f.auth_403_every):
-                        return self.json(
-                            403, {"code": 100, "message": "invalid_authentication_token"}
-                        )
-                    return self.json(401, {"code": 100, "message": "invalid_authentication_token"})
-                if hit(f.malformed_json_every):
-                    return self.send(200, b'{"items": [{"id": 1, "tit', "application/json")
-                return self._api(path, query, n)
-            if path.startswith("/t/"):
-                return self._photo(path, query, n)
-            return self.send(404, b"<html>not found</html>", "text/html")
-
-        def _authorised(self) -> bool:
-            raw = self.headers.get("Cookie", "")
-            for part in raw.split(";"):
-                key, _, value = part.strip().partition("=")
-                if key == "access_token_web":
-                    with fake.lock:
-                        exp = fake.tokens.get(value)
-                    return exp is not None and exp > time.time()
-            return False
-
-        def _api(self, path: str, query: dict[str, list[str]], n: int) -> None:
-            if path == "/api/v2/catalog/items":
-                try:
-                    cid = int(query.get("catalog_ids", ["0"])[0].split(",")[0])
-                    page = max(1, int(query.get("page", ["1"])[0]))
-                    per_page = min(fake.page_cap, max(1, int(query.get("per_page", ["20"])[0])))
-                except ValueError:
-                    return self.json(400, {"code": 400})
-                leaf = next((x for x in fake.leaves if x.id == cid), None)
-                ids = list(leaf.items) if leaf else []
-                chunk = ids[(page - 1) * per_page : page * per_page]
-                return self.json(
-                    200,
-                    {
-                        "items": [fake.item(i) for i in chunk],
-                        "pagination": {
-                            "current_page": page,
-                            "total_pages": math.ceil(len(ids) / per_page),
-                            "total_entries": len(ids),
-                            "per_page": per_page,
-                            "time": int(time.time()),
-                        },
-                        "code": 0,
-                    },
-                )
-            if path == "/api/v2/catalog/initializers":
-                return self.json(200, {"dtos": {"catalogs": fake.tree}})
-            parts = path.strip("/").split("/")
-            if len(parts) >= 4 and parts[:3] == ["api", "v2", "items"] and parts[3].isdigit():
-                item_id = int(parts[3])
-                if not any(item_id in leaf.items for leaf in fake.leaves):
-                    return self.json(404, {"code": 404})
-                if f.detail_denied_every and n % f.detail_denied_every == 0:
-                    return self.json(403, {"code": 106, "message": "access denied"})
-                return self.json(200, {"item": fake.item(item_id, detail=True), "code": 0})
+    def do_POST(self) -> None:
+        if self.path != "/__faults":
             return self.json(404, {"code": 404})
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        for key, value in json.loads(body or b"{}").items():
+            setattr(self.fake.faults, key, value)
+        self.json(200, asdict(self.fake.faults))
 
-        def _photo(self, path: str, query: dict[str, list[str]], n: int) -> None:
-            parts = path.strip("/").split("/")  # t/<id>/f800/<n>.jpeg
+    def _count(self, path: str) -> tuple[int, int, bool]:
+        """Number this request (all, and API only) and say whether the bot wall answers it."""
+        fake, f = self.fake, self.fake.faults
+        with fake.lock:
+            fake.hits[self.path] += 1
+            total = sum(fake.hits.values())
+            if path != "/":
+                fake.n += 1
+            if path.startswith("/api/"):
+                fake.n_api += 1
+            wall = bool(
+                f.bot_wall_after and total > f.bot_wall_after and fake.walled < f.bot_wall_requests
+            )
+            if wall:
+                fake.walled += 1
+            return fake.n, fake.n_api, wall
+
+    def do_GET(self) -> None:
+        fake = self.fake
+        split = urlsplit(self.path)
+        path, query = split.path, parse_qs(split.query)
+        if path == "/__stats":
+            with fake.lock:
+                return self.json(200, {"hits": dict(fake.hits), "requests": fake.n})
+        if path == "/__faults":
+            return self.json(200, asdict(fake.faults))
+        n, n_api, wall = self._count(path)
+        if fake.latency:
+            time.sleep(fake.latency)
+        if wall:
+            return self.send(
+                403, b"<html><body>Please verify you are a human</body></html>", "text/html"
+            )
+        if path == "/":
+            cookie = f"access_token_web={fake.new_token()}; Path=/; HttpOnly"
+            return self.send(
+                200, fake.home_html().encode(), "text/html; charset=utf-8", {"Set-Cookie": cookie}
+            )
+        if self._shared_fault(n):
+            return None
+        if path.startswith("/api/"):
+            return self._api_request(path, query, n_api)
+        if path.startswith("/t/"):
+            return self._photo(path, query, n)
+        return self.send(404, b"<html>not found</html>", "text/html")
+
+    def _shared_fault(self, n: int) -> bool:
+        """Answer with the fault (slow, 429, 503) request `n` draws, if any."""
+        f = self.fake.faults
+        if _hit(f.slow_every, n):
+            time.sleep(f.slow_seconds)
+        if _hit(f.rate_limit_every, n):
+            self.json(429, {"code": 429}, {"Retry-After": f"{f.retry_after:g}"})
+        elif _hit(f.rate_limit_bare_every, n):
+            self.json(429, {"code": 429})
+        elif _hit(f.server_error_every, n):
+            self.json(503, {"code": 503})
+        else:
+            return False
+        return True
+
+    def _api_request(self, path: str, query: dict[str, list[str]], n: int) -> None:
+        """An API call: API-only faults (numbered on API requests), the cookie check, the answer."""
+        fake, f = self.fake, self.fake.faults
+        if _hit(f.expire_cookie_every, n) or _hit(f.auth_403_every, n):
+            with fake.lock:
+                fake.tokens.clear()
+        if not self._authorised():
+            status = 403 if _hit(f.auth_403_every, n) else 401
+            return self.json(status, {"code": 100, "message": "invalid_authentication_token"})
+        if _hit(f.malformed_json_every, n):
+            return self.send(200, b'{"items": [{"id": 1, "tit', "application/json")
+        return self._api(path, query, n)
+
+    def _authorised(self) -> bool:
+        raw = self.headers.get("Cookie", "")
+        for part in raw.split(";"):
+            key, _, value = part.strip().partition("=")
+            if key == "access_token_web":
+                with self.fake.lock:
+                    exp = self.fake.tokens.get(value)
+                return exp is not None and exp > time.time()
+        return False
+
+    def _api(self, path: str, query: dict[str, list[str]], n: int) -> None:
+        if path == "/api/v2/catalog/items":
             try:
-                item_id, k = int(parts[1]), int(parts[3].split(".")[0])
-            except (IndexError, ValueError):
-                return self.send(404, b"", "text/plain")
-            sig = hashlib.sha1(f"{item_id}/{k}".encode()).hexdigest()[:12]
-            if query.get("s", [""])[0] != sig:
-                return self.send(
-                    403, b'{"code": 403, "message": "bad signature"}', "application/json"
-                )
-            data = photo_bytes(item_id, k)
-            if f.corrupt_photo_every and n % f.corrupt_photo_every == 0:
-                data = data[: len(data) // 3]
-            self.send(200, data, "image/jpeg")
+                cid = int(query.get("catalog_ids", ["0"])[0].split(",")[0])
+                page = max(1, int(query.get("page", ["1"])[0]))
+                per_page = min(self.fake.page_cap, max(1, int(query.get("per_page", ["20"])[0])))
+            except ValueError:
+                return self.json(400, {"code": 400})
+            leaf = next((x for x in self.fake.leaves if x.id == cid), None)
+            ids = list(leaf.items) if leaf else []
+            chunk = ids[(page - 1) * per_page : page * per_page]
+            return self.json(
+                200,
+                {
+                    "items": [self.fake.item(i) for i in chunk],
+                    "pagination": {
+                        "current_page": page,
+                        "total_pages": math.ceil(len(ids) / per_page),
+                        "total_entries": len(ids),
+                        "per_page": per_page,
+                        "time": int(time.time()),
+                    },
+                    "code": 0,
+                },
+            )
+        if path == "/api/v2/catalog/initializers":
+            return self.json(200, {"dtos": {"catalogs": self.fake.tree}})
+        parts = path.strip("/").split("/")
+        if len(parts) >= 4 and parts[:3] == ["api", "v2", "items"] and parts[3].isdigit():
+            item_id = int(parts[3])
+            if not any(item_id in leaf.items for leaf in self.fake.leaves):
+                return self.json(404, {"code": 404})
+            if (
+                self.fake.faults.detail_denied_every
+                and n % self.fake.faults.detail_denied_every == 0
+            ):
+                return self.json(403, {"code": 106, "message": "access denied"})
+            return self.json(200, {"item": self.fake.item(item_id, detail=True), "code": 0})
+        return self.json(404, {"code": 404})
 
-    return Handler
+    def _photo(self, path: str, query: dict[str, list[str]], n: int) -> None:
+        parts = path.strip("/").split("/")  # t/<id>/f800/<n>.jpeg
+        try:
+            item_id, k = int(parts[1]), int(parts[3].split(".")[0])
+        except (IndexError, ValueError):
+            return self.send(404, b"", "text/plain")
+        sig = hashlib.sha1(f"{item_id}/{k}".encode()).hexdigest()[:12]
+        if query.get("s", [""])[0] != sig:
+            return self.send(403, b'{"code": 403, "message": "bad signature"}', "application/json")
+        data = photo_bytes(item_id, k)
+        if self.fake.faults.corrupt_photo_every and n % self.fake.faults.corrupt_photo_every == 0:
+            data = data[: len(data) // 3]
+        self.send(200, data, "image/jpeg")
+
+
+def _hit(every: int, n: int) -> bool:
+    return bool(every) and n % every == 0
+
+
+def _handler(fake: FakeVinted) -> type[BaseHTTPRequestHandler]:
+    """A handler class bound to `fake` (the HTTP server makes one handler per connection)."""
+    return type("Handler", (_Handler,), {"fake": fake})
 
 
 def main(argv: list[str] | None = None) -> None:
