@@ -8,8 +8,14 @@ import typer
 from rich.table import Table
 
 from fashion_tagger.cli._app import PROGRESS, WORKERS, console, import_app, print_json
+from fashion_tagger.sources import get_importer
 
-OUT = typer.Option(..., "--out", "-o", help="Dataset dir to write (created; resumable).")
+OUT = typer.Option(
+    ...,
+    "--out",
+    "-o",
+    help="Dataset dir to write, local or a URL like s3://bucket/data (resumable).",
+)
 JSON = typer.Option(False, "--json", help="Print the import report as JSON.")
 
 
@@ -18,31 +24,30 @@ def report(result, as_json: bool) -> None:
     rep = result.report
     if as_json:
         print_json(
-            {k: v for k, v in rep.items() if k != "skipped_records"}
-            | {"out": str(result.dataset.root)}
+            {k: v for k, v in rep.items() if k != "skipped_records"} | {"out": result.dataset.url}
         )
         return
     if result.up_to_date:
         console.print(
-            f"[green]{result.dataset.root}[/] is already imported with these arguments; nothing to do."
+            f"[green]{result.dataset.url}[/] is already imported with these arguments; nothing to do."
         )
         return
     verb = "resumed and imported" if result.resumed else "imported"
     console.print(
-        f"{verb} [bold]{rep.get('imported', len(result.dataset))}[/] images into {result.dataset.root}"
+        f"{verb} [bold]{rep.get('imported', len(result.dataset))}[/] images into {result.dataset.url}"
     )
     if rep.get("skipped"):
         table = Table("skipped because", "count", title=f"{rep['skipped']} records skipped")
         for reason, n in rep["reasons"].items():
             table.add_row(reason, str(n))
         console.print(table)
-        console.print(f"details: {result.dataset.root / 'import_report.json'}")
+        console.print(f"details: {result.dataset.url}/import_report.json")
 
 
 @import_app.command("folders")
 def import_folders_cmd(
     src: Path = typer.Argument(..., help="Root folder of the image tree."),
-    out: Path = OUT,
+    out: str = OUT,
     levels: list[str] = typer.Option(None, "--level", help="Name of a level, root first (repeat)."),
     workers: int = WORKERS,
     progress: bool = PROGRESS,
@@ -53,10 +58,11 @@ def import_folders_cmd(
 
     Example: fashion-tagger import folders ../shared/datasets/clothing-dataset-small --out data/clothing
     """
-    from fashion_tagger.sources.folders import import_folders
-
     report(
-        import_folders(src, out, levels=levels or None, workers=workers, progress=progress), as_json
+        get_importer("folders")(
+            src, out, levels=levels or None, workers=workers, progress=progress
+        ),
+        as_json,
     )
 
 
@@ -67,7 +73,7 @@ def _split_list(value: str | None) -> list[str]:
 @import_app.command("kaggle-products")
 def import_kaggle_products_cmd(
     src: Path = typer.Argument(..., help="The Kaggle zip, or its unpacked folder."),
-    out: Path = OUT,
+    out: str = OUT,
     workers: int = WORKERS,
     progress: bool = PROGRESS,
     as_json: bool = JSON,
@@ -77,9 +83,7 @@ def import_kaggle_products_cmd(
 
     Example: fashion-tagger import kaggle-products ../shared/datasets/fashion-product-images-small.zip --out data/products
     """
-    from fashion_tagger.sources.kaggle_products import import_kaggle_products
-
-    report(import_kaggle_products(src, out, workers=workers, progress=progress), as_json)
+    report(get_importer("kaggle-products")(src, out, workers=workers, progress=progress), as_json)
 
 
 @import_app.command("fashion-mnist")
@@ -89,7 +93,7 @@ def import_fashion_mnist_cmd(
         help="Folder with the four IDX .gz files, or a Kaggle CSV (or its folder). "
         "Omit to download the official files.",
     ),
-    out: Path = OUT,
+    out: str = OUT,
     cache_dir: Path = typer.Option(
         None,
         "--cache-dir",
@@ -109,9 +113,7 @@ def import_fashion_mnist_cmd(
 
     Example: fashion-tagger import fashion-mnist ../shared/datasets/fashion-mnist/fashion-mnist_test-1000.csv --out data/fmnist
     """
-    from fashion_tagger.sources.fashion_mnist import import_fashion_mnist
-
-    result = import_fashion_mnist(
+    result = get_importer("fashion-mnist")(
         src, out, cache_dir=cache_dir, base_url=base_url, workers=workers, progress=progress
     )
     report(result, as_json)
@@ -120,7 +122,7 @@ def import_fashion_mnist_cmd(
 @import_app.command("csv")
 def import_csv_cmd(
     src: Path = typer.Argument(..., help="A .csv or .parquet manifest, one row per image."),
-    out: Path = OUT,
+    out: str = OUT,
     image_column: str = typer.Option(
         "image", "--image-column", help="Image path (relative to the manifest's folder) or URL."
     ),
@@ -142,9 +144,7 @@ def import_csv_cmd(
 
     Example: fashion-tagger import csv shop/manifest.csv --label-columns category,type --attribute-columns colour --out data/shop
     """
-    from fashion_tagger.sources.csv_manifest import import_csv
-
-    result = import_csv(
+    result = get_importer("csv")(
         src,
         out,
         image_column=image_column,
@@ -162,7 +162,7 @@ def import_csv_cmd(
 @import_app.command("hdf5")
 def import_hdf5_cmd(
     src: Path = typer.Argument(..., help="HDF5 file: train_images, train_labels, ..., label_map."),
-    out: Path = OUT,
+    out: str = OUT,
     levels: list[str] = typer.Option(None, "--level", help="Name of a level, root first (repeat)."),
     workers: int = WORKERS,
     progress: bool = PROGRESS,
@@ -172,17 +172,16 @@ def import_hdf5_cmd(
 
     Example: fashion-tagger import hdf5 export/products.h5 --out data/products-h5
     """
-    from fashion_tagger.sources.hdf5 import import_hdf5
-
     report(
-        import_hdf5(src, out, levels=levels or None, workers=workers, progress=progress), as_json
+        get_importer("hdf5")(src, out, levels=levels or None, workers=workers, progress=progress),
+        as_json,
     )
 
 
 @import_app.command("zappos")
 def import_zappos_cmd(
     src: Path = typer.Argument(..., help="Folder with meta-data.csv, image-path.mat and images/."),
-    out: Path = OUT,
+    out: str = OUT,
     workers: int = WORKERS,
     progress: bool = PROGRESS,
     as_json: bool = JSON,
@@ -191,6 +190,4 @@ def import_zappos_cmd(
 
     Example: fashion-tagger import zappos downloads/ut-zap50k --out data/zappos
     """
-    from fashion_tagger.sources.zappos import import_zappos
-
-    report(import_zappos(src, out, workers=workers, progress=progress), as_json)
+    report(get_importer("zappos")(src, out, workers=workers, progress=progress), as_json)

@@ -9,12 +9,12 @@ from rich.table import Table
 
 from fashion_tagger.cli._app import PROGRESS, WORKERS, console, dataset_app, print_json
 
-DIR = typer.Argument(..., help="A dataset dir (written by import or crawl).")
+DIR = typer.Argument(..., help="A dataset dir (written by import or crawl), local or a URL.")
 
 
 @dataset_app.command("info")
 def info_cmd(
-    directory: Path = DIR,
+    directory: str = DIR,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     top: int = typer.Option(10, "--top", help="Classes shown per level (JSON: all when 0)."),
 ) -> None:
@@ -57,7 +57,7 @@ def _counts_table(counts: dict[str, dict[str, int]], title: str) -> Table:
 
 @dataset_app.command("split")
 def split_cmd(
-    directory: Path = DIR,
+    directory: str = DIR,
     val: float = typer.Option(0.1, "--val", help="Fraction of each leaf's items for validation."),
     test: float = typer.Option(0.1, "--test", help="Fraction of each leaf's items for test."),
     seed: int = typer.Option(0, "--seed", help="Same seed, same split."),
@@ -91,7 +91,7 @@ def split_cmd(
 
 @dataset_app.command("dedup")
 def dedup_cmd(
-    directory: Path = DIR,
+    directory: str = DIR,
     near: int = typer.Option(
         None, "--near", help="Also match perceptual hashes within BITS of 64 (e.g. 4)."
     ),
@@ -136,7 +136,7 @@ def dedup_cmd(
 
 @dataset_app.command("filter")
 def filter_cmd(
-    directory: Path = DIR,
+    directory: str = DIR,
     min_per_class: int = typer.Option(
         None, "--min-per-class", help="Drop classes with fewer images."
     ),
@@ -147,8 +147,8 @@ def filter_cmd(
     sample: int = typer.Option(None, "--sample", help="Keep a stratified sample of N images."),
     seed: int = typer.Option(0, "--seed", help="Same seed, same sample."),
     level: str = typer.Option(None, "--level", help="Count classes at this level (default: leaf)."),
-    out: Path = typer.Option(
-        None, "--out", "-o", help="Write a new dataset dir here instead of changing DIR in place."
+    out: str = typer.Option(
+        None, "--out", "-o", help="Write a new dataset dir here (or URL) instead of changing DIR."
     ),
     as_json: bool = JSON,
 ) -> None:
@@ -174,11 +174,11 @@ def filter_cmd(
         ds = relocate(ds, out)
     ds = ds.save()
     if as_json:
-        print_json(result.to_dict() | {"out": str(ds.root)})
+        print_json(result.to_dict() | {"out": ds.url})
         return
     console.print(
         f"{result.images_before:,} -> {result.images_after:,} images, "
-        f"{result.classes_before:,} -> {result.classes_after:,} classes; written to {ds.root}"
+        f"{result.classes_before:,} -> {result.classes_after:,} classes; written to {ds.url}"
     )
     if result.dropped_classes:
         console.print(f"dropped {len(result.dropped_classes)} rare classes")
@@ -188,7 +188,7 @@ def filter_cmd(
 
 @dataset_app.command("export")
 def export_cmd(
-    directory: Path = DIR,
+    directory: str = DIR,
     fmt: str = typer.Option(..., "--format", "-f", help="folders, zip or hdf5."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder or file to write (must not exist)."),
     size: int = typer.Option(

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from fashion_tagger.cli._app import PROGRESS, app, console, err_console, fail, print_json
+from fashion_tagger.inference.onnx import DEFAULT_OPSET
 
 RUN_DIR = typer.Argument(..., help="A run dir (written by train).")
 
@@ -18,7 +19,7 @@ def export_cmd(
     out: Path | None = typer.Option(
         None, "--out", help="Output file (default RUN_DIR/model.onnx)."
     ),
-    opset: int = typer.Option(17, "--opset", help="ONNX opset version."),
+    opset: int = typer.Option(DEFAULT_OPSET, "--opset", help="ONNX opset version."),
     images: Path | None = typer.Option(
         None,
         "--images",

@@ -11,7 +11,9 @@ from rich.table import Table
 from fashion_tagger.cli._app import PROGRESS, app, console, print_json
 
 RUN = typer.Argument(..., help="A run dir (written by train).")
-DATA = typer.Argument(..., help="A dataset dir with the labels the model was trained on.")
+DATA = typer.Argument(
+    ..., help="A dataset dir (local or a URL) with the labels the model was trained on."
+)
 BATCH = typer.Option(64, "--batch-size", min=1, help="Images per forward pass.")
 BACKEND = typer.Option(
     "auto", "--backend", help="auto (ONNX if exported, else torch), torch or onnx."
@@ -38,7 +40,7 @@ def _summary(m: dict[str, Any]) -> Table:
 @app.command("evaluate")
 def evaluate_cmd(
     run_dir: Path = RUN,
-    dataset_dir: Path = DATA,
+    dataset_dir: str = DATA,
     split: str = typer.Option("test", "--split", help="Which split to evaluate on."),
     json_path: Path = typer.Option(
         None, "--json", help="Write the metrics here (default RUN_DIR/metrics.json)."
@@ -91,7 +93,7 @@ def evaluate_cmd(
 @app.command("calibrate")
 def calibrate_cmd(
     run_dir: Path = RUN,
-    dataset_dir: Path = DATA,
+    dataset_dir: str = DATA,
     split: str = typer.Option("val", "--split", help="Held-out split to choose thresholds on."),
     target_precision: float = typer.Option(
         None,

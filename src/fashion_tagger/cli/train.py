@@ -9,6 +9,8 @@ import typer
 
 from fashion_tagger.cli._app import PROGRESS, app, console, print_json
 from fashion_tagger.errors import FashionTaggerError
+from fashion_tagger.model.spec import head_kinds
+from fashion_tagger.training.config import SCHEDULES, DataConfig, ModelConfig, TrainConfig
 
 
 def _image_size(value: str | None) -> tuple[int, int] | None:
@@ -26,92 +28,105 @@ def _devices(value: str) -> int | str:
     return int(value) if value.isdigit() else value
 
 
+_T = TrainConfig()
+_D, _M = _T.data, _T.model
+"""Defaults come from the config dataclasses: one source of truth for the CLI and the API."""
+
+_opt = typer.Option
+BACKBONE = _opt(_M.backbone, "--backbone", help="simple-cnn or any timm model name.")
+HEAD = _opt(_M.head, "--head", help=f"{', '.join(head_kinds())}.")
+IMAGE_SIZE = _opt(None, "--image-size", help="N or HxW (default: the backbone's).")
+CHANNELS = _opt(_D.channels, "--channels", help="3 (RGB) or 1 (grey).")
+RESIZE = _opt(_D.resize, "--resize", help="squash, or pad (keep the aspect, pad white).")
+EPOCHS = _opt(_T.epochs, "--epochs", help="Passes over the train split.")
+BATCH_SIZE = _opt(_T.batch_size, "--batch-size", help="Images per training step.")
+LR = _opt(str(_T.lr), "--lr", help="Peak learning rate, or auto (LR finder).")
+WEIGHT_DECAY = _opt(_T.weight_decay, "--weight-decay", help="AdamW weight decay of the backbone.")
+SCHEDULE = _opt(_T.schedule, "--schedule", help=f"{', '.join(SCHEDULES)}.")
+HIDDEN = _opt(_M.hidden, "--hidden", help="Units per head branch.")
+DROPOUT = _opt(_M.dropout, "--dropout", help="Dropout of the head branches.")
+MESSAGES = _opt(
+    _M.messages, "--messages", help="Unified head: levels pass label (class) or latent messages."
+)
+HEAD_WD = _opt(_M.head_weight_decay, "--head-weight-decay", help="L2 of the head branches.")
+FREEZE_EPOCHS = _opt(
+    _M.freeze_backbone_epochs, "--freeze-backbone-epochs", help="Heads only for N epochs, then all."
+)
+FREEZE = _opt(_M.freeze_backbone, "--freeze-backbone", help="Train heads only, on cached features.")
+PRETRAINED = _opt(_M.pretrained, "--pretrained", help="timm's ImageNet weights (online).")
+WEIGHTS = _opt(None, "--weights", help="Local backbone weights (safetensors / state dict).")
+CLASS_WEIGHTS = _opt(
+    _D.class_weights,
+    "--class-weights",
+    help="inverse (the paper: rare classes gain recall), sqrt (milder), or none (best top-1).",
+)
+AUGMENT = _opt(False, "--augment", help="Flip, colour, shift-scale-rotate, blur, noise.")
+AUGMENT_LIGHT = _opt(
+    False, "--augment-light", help="Flip and a 2-pixel shift only: nearly free, for short budgets."
+)
+SMOOTHING = _opt(
+    _T.label_smoothing, "--label-smoothing", help="Label smoothing of the level losses (e.g. 0.1)."
+)
+PRECISION = _opt(_T.precision, "--precision", help="Lightning precision, e.g. bf16-mixed.")
+DEVICES = _opt(str(_T.devices), "--devices", help="Devices per node (auto, N).")
+NUM_NODES = _opt(_T.num_nodes, "--num-nodes", help="Machines for multi-node DDP.")
+SEED = _opt(_T.seed, "--seed", help="Same seed, same initial weights and batch order.")
+TRAIN_WORKERS = _opt(_D.workers, "--workers", help="Processes decoding images into the cache.")
+CACHE_DIR = _opt(None, "--cache-dir", help="Keep decoded images here between runs.")
+MAX_TIME = _opt(
+    None,
+    "--max-time",
+    help="Time budget, minutes or HH:MM:SS: the LR schedule follows the clock and training ends "
+    "on time with it finished, after a last validation.",
+)
+CHECKPOINT_EVERY = _opt(
+    _T.checkpoint_every, "--checkpoint-every", help="Also checkpoint every N steps."
+)
+TRAIN_FRACTION = _opt(
+    _T.train_fraction, "--train-fraction", help="Share of train batches per epoch (short budgets)."
+)
+
+
 @app.command("train")
 def train_cmd(
-    dataset_dir: Path = typer.Argument(
-        None, help="A split dataset dir (not needed with --resume)."
+    dataset_dir: str = typer.Argument(
+        None, help="A split dataset dir, local or a URL like s3://bucket/data (not with --resume)."
     ),
     out: Path = typer.Option(None, "--out", "-o", help="Run dir to create."),
     resume: Path = typer.Option(
         None, "--resume", help="Continue this run dir from its last checkpoint."
     ),
-    backbone: str = typer.Option(
-        "simple-cnn", "--backbone", help="simple-cnn or any timm model name."
-    ),
-    head: str = typer.Option("unified", "--head", help="unified, multi or flat."),
-    image_size: str = typer.Option(
-        None, "--image-size", help="N or HxW (default: the backbone's)."
-    ),
-    channels: int = typer.Option(3, "--channels", help="3 (RGB) or 1 (grey)."),
-    resize: str = typer.Option(
-        "squash", "--resize", help="squash or pad (keep aspect, pad white)."
-    ),
-    epochs: int = typer.Option(10, "--epochs"),
-    batch_size: int = typer.Option(64, "--batch-size"),
-    lr: str = typer.Option("2e-3", "--lr", help="Peak learning rate, or auto (LR finder)."),
-    weight_decay: float = typer.Option(
-        5e-4, "--weight-decay", help="AdamW weight decay of the backbone."
-    ),
-    schedule: str = typer.Option("onecycle", "--schedule", help="onecycle, cosine or constant."),
-    hidden: int = typer.Option(1024, "--hidden", help="Units per head branch."),
-    dropout: float = typer.Option(0.3, "--dropout"),
-    messages: str = typer.Option(
-        "label", "--messages", help="Unified head: levels pass label (class) or latent messages."
-    ),
-    head_weight_decay: float = typer.Option(
-        5e-4, "--head-weight-decay", help="L2 of the head branches."
-    ),
-    freeze_backbone_epochs: int = typer.Option(
-        0, "--freeze-backbone-epochs", help="Heads only for N epochs, then all."
-    ),
-    freeze_backbone: bool = typer.Option(
-        False, "--freeze-backbone", help="Train heads only, on cached features."
-    ),
-    pretrained: bool = typer.Option(
-        False, "--pretrained", help="timm's ImageNet weights (online)."
-    ),
-    weights: Path = typer.Option(
-        None, "--weights", help="Local backbone weights (safetensors / state dict)."
-    ),
-    class_weights: str = typer.Option(
-        "inverse",
-        "--class-weights",
-        help="inverse (the paper: rare classes gain recall), sqrt (milder), or none (best "
-        "top-1 accuracy).",
-    ),
-    augment: bool = typer.Option(
-        False, "--augment", help="Flip, colour, shift-scale-rotate, blur, noise."
-    ),
-    augment_light: bool = typer.Option(
-        False,
-        "--augment-light",
-        help="Flip and a 2-pixel shift only: nearly free, for short budgets.",
-    ),
-    label_smoothing: float = typer.Option(
-        0.0, "--label-smoothing", help="Label smoothing of the level losses (e.g. 0.1)."
-    ),
-    precision: str = typer.Option(
-        "32-true", "--precision", help="Lightning precision, e.g. bf16-mixed."
-    ),
-    devices: str = typer.Option("auto", "--devices", help="Devices per node (auto, N)."),
-    num_nodes: int = typer.Option(1, "--num-nodes", help="Machines for multi-node DDP."),
-    seed: int = typer.Option(0, "--seed"),
-    workers: int = typer.Option(2, "--workers", help="Processes decoding images into the cache."),
-    cache_dir: Path = typer.Option(
-        None, "--cache-dir", help="Keep decoded images here between runs."
-    ),
-    max_time: str = typer.Option(
-        None,
-        "--max-time",
-        help="Time budget, minutes or HH:MM:SS: the LR schedule follows the clock and training "
-        "ends on time with it finished, after a last validation.",
-    ),
-    checkpoint_every: int = typer.Option(
-        200, "--checkpoint-every", help="Also checkpoint every N steps."
-    ),
-    train_fraction: float = typer.Option(
-        1.0, "--train-fraction", help="Share of train batches per epoch (short budgets)."
-    ),
+    backbone: str = BACKBONE,
+    head: str = HEAD,
+    image_size: str = IMAGE_SIZE,
+    channels: int = CHANNELS,
+    resize: str = RESIZE,
+    epochs: int = EPOCHS,
+    batch_size: int = BATCH_SIZE,
+    lr: str = LR,
+    weight_decay: float = WEIGHT_DECAY,
+    schedule: str = SCHEDULE,
+    hidden: int = HIDDEN,
+    dropout: float = DROPOUT,
+    messages: str = MESSAGES,
+    head_weight_decay: float = HEAD_WD,
+    freeze_backbone_epochs: int = FREEZE_EPOCHS,
+    freeze_backbone: bool = FREEZE,
+    pretrained: bool = PRETRAINED,
+    weights: Path = WEIGHTS,
+    class_weights: str = CLASS_WEIGHTS,
+    augment: bool = AUGMENT,
+    augment_light: bool = AUGMENT_LIGHT,
+    label_smoothing: float = SMOOTHING,
+    precision: str = PRECISION,
+    devices: str = DEVICES,
+    num_nodes: int = NUM_NODES,
+    seed: int = SEED,
+    workers: int = TRAIN_WORKERS,
+    cache_dir: Path = CACHE_DIR,
+    max_time: str = MAX_TIME,
+    checkpoint_every: int = CHECKPOINT_EVERY,
+    train_fraction: float = TRAIN_FRACTION,
     progress: bool = PROGRESS,
     as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON."),
 ) -> None:
@@ -119,7 +134,6 @@ def train_cmd(
 
     Example: fashion-tagger train data/products --out runs/p1 --image-size 80x64 --epochs 10 --augment
     """
-    from fashion_tagger.training.config import DataConfig, ModelConfig, TrainConfig
     from fashion_tagger.training.train import train
 
     if resume is not None:
@@ -129,11 +143,11 @@ def train_cmd(
             raise FashionTaggerError("give DATASET_DIR and --out RUN_DIR (or --resume RUN_DIR)")
         if augment and augment_light:
             raise FashionTaggerError("--augment and --augment-light: pick one")
-        mode = "full" if augment else "light" if augment_light else "none"
         config = TrainConfig(
             data=DataConfig(
                 image_size=_image_size(image_size), channels=channels, resize=resize,
-                augment=mode, class_weights=class_weights, workers=workers,
+                augment="full" if augment else "light" if augment_light else _D.augment,
+                class_weights=class_weights, workers=workers,
                 cache_dir=str(cache_dir) if cache_dir else None,
             ),
             model=ModelConfig(
@@ -148,6 +162,11 @@ def train_cmd(
             checkpoint_every=checkpoint_every, train_fraction=train_fraction, progress=progress,
         )  # fmt: skip
         run = train(dataset_dir, out, config)
+    _print_run(run, as_json)
+
+
+def _print_run(run, as_json: bool) -> None:
+    """What `train` prints: the run dir, the time taken and the best validation accuracies."""
     summary = {
         "run_dir": str(run.path),
         "model_id": run.spec.model_id,

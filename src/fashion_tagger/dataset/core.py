@@ -9,9 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
@@ -21,6 +20,9 @@ from fashion_tagger.dataset import images, manifest, store
 from fashion_tagger.dataset.manifest import DatasetInfo
 from fashion_tagger.errors import DatasetError
 from fashion_tagger.taxonomy import Taxonomy
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,7 @@ class Dataset:
         return self.info.name or self.url.rstrip("/").rsplit("/", 1)[-1]
 
     def to_pandas(self) -> pd.DataFrame:
+        """The items table as a DataFrame (pandas is imported only here: the CLI starts faster)."""
         return self.table.to_pandas()
 
     @cached_property

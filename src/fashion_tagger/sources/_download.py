@@ -7,12 +7,12 @@ so the cache never holds a partial or wrong file under a final name.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 from fashion_tagger import _progress
 from fashion_tagger._io import atomic_path
 from fashion_tagger.errors import FashionTaggerError
+from fashion_tagger.storage import cache_root
 
 CHUNK = 1 << 16
 MAX_IMAGE_BYTES = 50 * 1024 * 1024
@@ -24,13 +24,8 @@ class DownloadError(FashionTaggerError):
 
 
 def cache_dir(explicit: str | Path | None = None) -> Path:
-    """Where downloads are kept: `explicit`, else $FASHION_TAGGER_CACHE, else the XDG cache."""
-    if explicit:
-        return Path(explicit)
-    if env := os.environ.get("FASHION_TAGGER_CACHE"):
-        return Path(env)
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg) / "fashion-tagger"
+    """Where downloads are kept: `explicit`, else the user's cache (`storage.cache_root()`)."""
+    return Path(explicit) if explicit else cache_root()
 
 
 def file_digest(path: Path, algorithm: str) -> str:
