@@ -1,0 +1,351 @@
+"""The label audit: out-of-fold scores rank flipped labels first, along the taxonomy's paths."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from fashion_tagger.dataset import store
+from fashion_tagger.dataset.core import Dataset
+from fashion_tagger.dataset.manifest import rows_to_table
+from fashion_tagger.errors import DatasetError
+from fashion_tagger.evaluation.audit import (
+    AuditConfig,
+    audit,
+    read_issues,
+    write_issues,
+)
+from fashion_tagger.evaluation.audit_features import AuditError, FeatureSpec, embed
+from fashion_tagger.evaluation.audit_scoring import (
+    HeadConfig,
+    item_folds,
+    score_paths,
+)
+from fashion_tagger.model.decode import LeafTable
+from fashion_tagger.taxonomy import Taxonomy
+
+LEVELS = ["masterCategory", "subCategory", "articleType"]
+TREE = {
+    ("Apparel", "Topwear"): ["Tshirts", "Shirts", "Tops"],
+    ("Apparel", "Bottomwear"): ["Jeans", "Shorts"],
+    ("Footwear", "Shoes"): ["Casual Shoes", "Sports Shoes", "Heels"],
+    ("Footwear", "Sandal"): ["Sandals"],
+    ("Accessories", "Bags"): ["Handbags", "Backpacks"],
+}
+LEAVES = [(*k, leaf) for k, leaves in TREE.items() for leaf in leaves]
+
+
+def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Probability that a random positive outscores a random negative (ties count half)."""
+    pos, neg = scores[positive], scores[~positive]
+    greater = (pos[:, None] > neg[None, :]).mean()
+    ties = (pos[:, None] == neg[None, :]).mean()
+    return float(greater + 0.5 * ties)
+
+
+def make_dataset(
+    root: Path, paths: list[tuple[str, ...]], items: list[str] | None = None
+) -> Dataset:
+    """A dataset dir with one tiny distinct JPEG per row (content does not matter here)."""
+    rows = []
+    for i, p in enumerate(paths):
+        buf = io.BytesIO()
+        Image.new("RGB", (6, 8), (i % 251, (i // 251) % 251, 7)).save(buf, format="PNG")
+        data = buf.getvalue()
+        sha = hashlib.sha256(data).hexdigest()
+        rel = store.put(root, sha, "png", data)
+        item = items[i] if items else f"item{i}"
+        rows.append({"image": rel, "sha256": sha, "item_id": item, "labels": list(p)})
+    return Dataset.create(root, rows_to_table(rows), {"name": root.name, "levels": LEVELS})
+
+
+def clustered(n: int, noise: float, flip: float, seed: int):
+    """Rows whose features cluster by leaf; a fraction `flip` carries another leaf's label."""
+    rng = np.random.default_rng(seed)
+    true = rng.integers(0, len(LEAVES), n)
+    centres = rng.normal(size=(len(LEAVES), 32)) * 3
+    feats = centres[true] + rng.normal(scale=noise, size=(n, 32))
+    flipped = rng.random(n) < flip
+    given = true.copy()
+    given[flipped] = (true[flipped] + rng.integers(1, len(LEAVES), flipped.sum())) % len(LEAVES)
+    return feats.astype(np.float32), [LEAVES[g] for g in given], [LEAVES[t] for t in true], flipped
+
+
+PRODUCT_CLASSES = ("Tshirts", "Jeans", "Casual Shoes", "Handbags", "Watches", "Sandals")
+
+
+def product_sample(zip_path: Path, root: Path, per_class: int, seed: int = 0) -> Dataset:
+    """A dataset dir of `per_class` real product photos for each of `PRODUCT_CLASSES`."""
+    import csv
+
+    rng = np.random.default_rng(seed)
+    with zipfile.ZipFile(zip_path) as z:
+        names = set(z.namelist())
+        styles = next(n for n in names if n.endswith("styles.csv"))
+        base = styles.rsplit("/", 1)[0]
+        text = z.read(styles).decode("utf-8", errors="replace").splitlines()
+        by_class: dict[str, list[dict]] = {c: [] for c in PRODUCT_CLASSES}
+        for row in csv.DictReader(text):
+            if row.get("articleType") in by_class and f"{base}/images/{row['id']}.jpg" in names:
+                by_class[row["articleType"]].append(row)
+        rows = []
+        for cls in PRODUCT_CLASSES:
+            for k in rng.choice(len(by_class[cls]), per_class, replace=False):
+                r = by_class[cls][k]
+                data = z.read(f"{base}/images/{r['id']}.jpg")
+                sha = hashlib.sha256(data).hexdigest()
+                rel = store.put(root, sha, "jpg", data)
+                labels = [r["masterCategory"], r["subCategory"], r["articleType"]]
+                rows.append({"image": rel, "sha256": sha, "item_id": r["id"], "labels": labels})
+    return Dataset.create(root, rows_to_table(rows), {"name": "products", "levels": LEVELS})
+
+
+def flip_across_branches(ds: Dataset, frac: float, seed: int) -> tuple[Dataset, np.ndarray]:
+    """Give a fraction of rows a random leaf of another masterCategory (the path stays valid)."""
+    rng = np.random.default_rng(seed)
+    labels = [list(p) for p in ds.labels]
+    leaves = sorted({tuple(p) for p in labels})
+    flipped = rng.random(len(labels)) < frac
+    for i in np.flatnonzero(flipped):
+        others = [leaf for leaf in leaves if leaf[0] != labels[i][0]]
+        labels[i] = list(others[rng.integers(len(others))])
+    col = pa.array(labels, pa.list_(pa.string()))
+    table = ds.table.set_column(ds.table.schema.get_field_index("labels"), "labels", col)
+    return ds.with_table(table).save(), flipped
+
+
+def scores_in_manifest_order(root: Path, column: str = "score") -> np.ndarray:
+    issues = read_issues(root).to_pylist()
+    by_image = {r["image"]: r[column] for r in issues}
+    return np.array([by_image[i] for i in Dataset.open(root).table.column("image").to_pylist()])
+
+
+FAST = AuditConfig(head=HeadConfig(epochs=30))
+
+
+# -- the audit on real product photos ---------------------------------------------------------
+def test_audit_ranks_flipped_product_photos_first(datasets_dir: Path, tmp_path: Path) -> None:
+    """Real photos, labels flipped at random, a cheap untrained CNN: flipped rows rank first."""
+    from fashion_tagger.evaluation.audit_features import _model_api
+
+    zip_path = datasets_dir / "fashion-product-images-small.zip"
+    ds = product_sample(zip_path, tmp_path / "ds", per_class=40)
+    ds, flipped = flip_across_branches(ds, 0.1, seed=1)
+    assert flipped.sum() >= 10
+    import torch
+
+    torch.manual_seed(0)
+    net, _ = _model_api()[0].create_backbone("simple-cnn")
+    spec = FeatureSpec("simple-cnn", "random-seed0", (64, 48), (0.5,) * 3, (0.25,) * 3)
+    result = audit(ds.root, backbone=(net.eval(), spec), config=FAST, progress=False)
+
+    assert result.rows == len(ds) and result.embedded_now == len(ds)
+    scores = scores_in_manifest_order(ds.root)
+    assert auroc(scores, flipped) > 0.85
+    flags = scores_in_manifest_order(ds.root, "is_issue").astype(bool)
+    assert flags[flipped].mean() >= 0.8  # recall of the flipped rows
+    table = read_issues(ds.root)
+    tax = Dataset.open(ds.root).taxonomy
+    for row in table.to_pylist():
+        assert tax.contains(row["suggested"]) and len(row["suggested"]) == 3
+        assert 0.0 <= row["score"] <= 1.0
+        assert row["level"] is None or row["level"] in LEVELS
+        assert row["kind"] in ("label", "duplicate_conflict", "outlier", "ok")
+        assert row["is_issue"] == (row["kind"] != "ok")
+    scores = table.column("score").to_pylist()
+    issues = table.column("is_issue").to_pylist()
+    assert issues == sorted(issues, reverse=True)  # issues first
+    n = sum(issues)
+    assert scores[:n] == sorted(scores[:n], reverse=True)
+
+
+# -- the audit on injected features -----------------------------------------------------------
+def test_audit_on_features_flags_flips_with_levels_and_suggestions(tmp_path: Path) -> None:
+    feats, paths, true, flipped = clustered(400, noise=1.5, flip=0.08, seed=0)
+    make_dataset(tmp_path, paths)
+    result = audit(tmp_path, features=feats, config=FAST, progress=False)
+    rows = {r["image"]: r for r in read_issues(tmp_path).to_pylist()}
+    ordered = [rows[i] for i in Dataset.open(tmp_path).table.column("image").to_pylist()]
+    scores = np.array([r["score"] for r in ordered])
+    flags = np.array([r["kind"] == "label" for r in ordered])
+    assert auroc(scores, flipped) > 0.95
+    assert flags[flipped].mean() >= 0.8 and flipped[flags].mean() >= 0.7
+    # the suggestion is the true path for most flipped rows; `level` is where they first part
+    suggested_true = [tuple(ordered[i]["suggested"]) == true[i] for i in np.flatnonzero(flipped)]
+    assert np.mean(suggested_true) >= 0.9
+    for i in np.flatnonzero(flipped):
+        r = ordered[i]
+        if tuple(r["suggested"]) != tuple(r["given"]):
+            first = next(d for d in range(3) if r["suggested"][d] != r["given"][d])
+            assert r["level"] == LEVELS[first]
+    assert result.by_kind.get("label", 0) == int(flags.sum())
+    assert result.decoder and "given features" in result.backbone
+    assert sum(result.by_level.values()) == result.issues
+
+
+def test_threshold_flags_by_score(tmp_path: Path) -> None:
+    feats, paths, _, _ = clustered(200, noise=1.5, flip=0.1, seed=3)
+    make_dataset(tmp_path, paths)
+    audit(
+        tmp_path,
+        features=feats,
+        config=AuditConfig(threshold=0.5, head=HeadConfig(epochs=10)),
+        progress=False,
+    )
+    for r in read_issues(tmp_path).to_pylist():
+        assert (r["kind"] == "label") == (r["score"] >= 0.5)
+
+
+def test_duplicate_conflicts_and_outliers(tmp_path: Path) -> None:
+    """A copy of a photo under another label is a conflict; a photo far from all is an outlier."""
+    feats, paths, _, _ = clustered(200, noise=1.0, flip=0.0, seed=4)
+    a, b = 10, 11
+    feats[b] = feats[a]
+    paths[b] = next(p for p in LEAVES if p[0] != paths[a][0])
+    feats[20] = 60.0  # far from every cluster
+    make_dataset(tmp_path, paths)
+    audit(tmp_path, features=feats, config=FAST, progress=False)
+    rows = {r["image"]: r for r in read_issues(tmp_path).to_pylist()}
+    images = Dataset.open(tmp_path).table.column("image").to_pylist()
+    pair = [rows[images[a]], rows[images[b]]]
+    assert {pair[0]["duplicate_of"], pair[1]["duplicate_of"]} == {images[a], images[b]}
+    assert {"duplicate_conflict", "label"} >= {r["kind"] for r in pair}
+    assert "duplicate_conflict" in {r["kind"] for r in pair} or all(
+        r["kind"] == "label" for r in pair
+    )
+    far = rows[images[20]]
+    assert far["outlier_score"] == max(r["outlier_score"] for r in rows.values())
+    assert far["kind"] in ("outlier", "label")
+
+
+def test_audit_needs_labels_items_and_sane_options(tmp_path: Path) -> None:
+    with pytest.raises(AuditError, match="--folds"):
+        AuditConfig(folds=1)
+    with pytest.raises(AuditError, match="--threshold"):
+        AuditConfig(threshold=1.5)
+    make_dataset(tmp_path, LEAVES[:3], items=["a", "a", "b"])
+    with pytest.raises(AuditError, match="2 items cannot make 5 folds"):
+        audit(tmp_path, features=np.zeros((3, 4)), progress=False)
+    with pytest.raises(AuditError, match="features have 2 rows"):
+        audit(tmp_path, features=np.zeros((2, 4)), progress=False)
+
+
+# -- the features cache -----------------------------------------------------------------------
+def test_embed_caches_by_image_and_backbone(tmp_path: Path) -> None:
+    import torch
+
+    from fashion_tagger.evaluation.audit_features import _model_api
+
+    ds = make_dataset(tmp_path, LEAVES * 2)
+    torch.manual_seed(0)
+    net, _ = _model_api()[0].create_backbone("simple-cnn")
+    spec = FeatureSpec("simple-cnn", "seed0", (16, 12), (0.5,) * 3, (0.25,) * 3)
+    first, now = embed(ds, net.eval(), spec, progress=False)
+    assert now == len(ds) and first.shape == (len(ds), net.num_features)
+    again, now = embed(ds, net, spec, progress=False)
+    assert now == 0 and np.array_equal(first, again)
+    part = ds.with_table(ds.table.slice(3, 5))
+    sub, now = embed(part, net, spec, progress=False)
+    assert now == 0 and np.array_equal(sub, first[3:8])
+    other = FeatureSpec("simple-cnn", "seed1", (16, 12), (0.5,) * 3, (0.25,) * 3)
+    assert embed(ds, net, other, progress=False)[1] == len(ds)  # another key, another cache
+
+
+# -- the issues file --------------------------------------------------------------------------
+def issue_row(**kw) -> dict:
+    row = {"item_id": "1", "image": "images/a.jpg", "given": ["A"], "suggested": ["B"],
+           "score": 0.7, "kind": "label", "level": "masterCategory", "is_issue": True}  # fmt: skip
+    return {**row, **kw}
+
+
+def test_issues_file_round_trip_and_checks(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="run `fashion-tagger audit"):
+        read_issues(tmp_path)
+    table = pa.Table.from_pylist([issue_row(), issue_row(image="b", kind="low_confidence")])
+    write_issues(tmp_path, table, {"folds": 5})
+    back = read_issues(tmp_path)
+    assert back.column("kind").to_pylist() == ["label", "low_confidence"]
+    assert back.column("outlier_score").null_count == 2  # optional columns come back as nulls
+    from fashion_tagger.evaluation.audit import issues_settings
+
+    assert issues_settings(back) == {"folds": 5}
+    for bad, message in (
+        ({"score": 1.5}, r"\[0, 1\]"),
+        ({"kind": "weird"}, "unknown kinds"),
+    ):
+        with pytest.raises(DatasetError, match=message):
+            write_issues(tmp_path, pa.Table.from_pylist([issue_row(**bad)]))
+    with pytest.raises(DatasetError, match="lacks columns"):
+        write_issues(tmp_path, pa.Table.from_pylist([{"image": "x"}]))
+    assert read_issues(tmp_path).num_rows == 2  # a refused write leaves the file as it was
+
+
+# -- the pure scoring functions ---------------------------------------------------------------
+@st.composite
+def trees_and_probs(draw):
+    """A random taxonomy (1-3 levels, ragged), per-level probabilities and given paths."""
+    depth = draw(st.integers(1, 3))
+    paths: set[tuple[str, ...]] = set()
+    for _ in range(draw(st.integers(1, 8))):
+        d = draw(st.integers(1, depth))
+        paths.add(tuple(f"n{lvl}_{draw(st.integers(0, 2))}" for lvl in range(d)))
+    tax = Taxonomy.from_paths(sorted(paths))
+    n = draw(st.integers(1, 30))
+    seed = draw(st.integers(0, 2**16))
+    rng = np.random.default_rng(seed)
+    probs = [rng.dirichlet(np.full(size, 0.5), n) for size in tax.sizes]
+    leaves = tax.leaf_index_paths()
+    given = np.full((n, tax.depth), -1)
+    for i in range(n):
+        p = leaves[rng.integers(len(leaves))]
+        given[i, : len(p)] = p
+    return tax, probs, given
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(trees_and_probs(), st.sampled_from([None, 0.3, 0.9]))
+def test_score_paths_invariants(case, threshold) -> None:
+    tax, probs, given = case
+    s = score_paths(tax, given, probs, threshold)
+    n = len(given)
+    assert np.array_equal(s.suggested, LeafTable.from_taxonomy(tax).best_paths(probs))
+    assert s.score.shape == (n,) and np.all((s.score >= 0) & (s.score <= 1))
+    for i in range(n):
+        path = tax.decode(s.suggested[i])  # raises unless a valid path
+        assert tax.is_leaf(len(path) - 1, s.suggested[i][len(path) - 1])
+        assert -1 <= s.level[i] < tax.depth
+        differs = [d for d in range(tax.depth) if s.suggested[i][d] != given[i][d]]
+        if differs:
+            assert s.level[i] == differs[0]
+        elif not s.is_issue[i]:
+            assert s.level[i] == -1
+        depth = int((given[i] >= 0).sum())
+        assert np.all(np.isnan(s.level_scores[i, depth:]))
+        assert np.isclose(s.score[i], np.nanmax(s.level_scores[i, :depth]))
+    if threshold is not None:
+        assert np.array_equal(s.is_issue, s.score >= threshold)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.integers(0, 12), min_size=1, max_size=60),
+    st.integers(2, 6),
+    st.integers(0, 5),
+)
+def test_item_folds_keep_items_together(item_of_row, k, seed) -> None:
+    items = [f"i{v}" for v in item_of_row]
+    strata = [f"s{v % 3}" for v in item_of_row]
+    folds = item_folds(items, strata, k, seed)
+    assert folds.min() >= 0 and folds.max() < k
+    for item in set(items):
+        assert len({folds[j] for j, it in enumerate(items) if it == item}) == 1
+    assert np.array_equal(folds, item_folds(items, strata, k, seed))  # same rows, same folds
