@@ -200,3 +200,39 @@ class Remote:
                 if on_done is not None:
                     on_done(1)
         return failed
+
+
+def local_copies(
+    url: str | os.PathLike[str],
+    extensions: Iterable[str],
+    workers: int = FETCH_WORKERS,
+) -> list[Path]:
+    """Local copies of the files under the folder (or glob) `url` whose suffix is in `extensions`
+    (`.jpg`...), fetched concurrently into the URL's mirror; sorted by key.
+
+    This is what `predict` reads for a URL: a dataset dir on object storage (its `images/`), or
+    any folder of photos. A copy is kept while its size matches the object's, and a
+    content-addressed one only if its bytes hash to its name.
+    """
+    url = normalize(url).rstrip("/")
+    exts = {e.lower() for e in extensions}
+    base, pattern = url, None
+    if any(c in url for c in "*?["):
+        base = url[: min(url.index(c) for c in "*?[" if c in url)].rsplit("/", 1)[0]
+        pattern = url
+    remote = Remote.open(base)
+    try:
+        found = remote._call("listing", lambda: remote.fs.find(remote.root, detail=True))
+    except FileNotFoundError:
+        found = {}
+    cut = len(remote.root) + 1
+    sizes = {p[cut:]: int(d.get("size") or 0) for p, d in found.items()}
+    if pattern is not None:
+        import fnmatch
+
+        sizes = {r: n for r, n in sizes.items() if fnmatch.fnmatch(f"{base}/{r}", pattern)}
+    rels = sorted(r for r in sizes if os.path.splitext(r)[1].lower() in exts)
+    dest = mirror_dir(base)
+    todo = [r for r in rels if not (dest / r).is_file() or (dest / r).stat().st_size != sizes[r]]
+    missing = set(remote.fetch(todo, dest, workers))
+    return [dest / r for r in rels if r not in missing]
