@@ -11,7 +11,9 @@ Two probes of `fashion_tagger.model.weights`:
    the same tensors, and ImageNet's mean/std instead of 0.5.
 2. speed: images/s of one training step of the featureless backbone plus a linear head
    (forward + backward + AdamW), batch --batch, at each --sizes (H x W), with and without
-   `channels_last`, after --warmup steps, median of --steps.
+   `channels_last`, after --warmup steps, median of --steps. The configurations take turns, so
+   load from other processes hits them alike; images per CPU-second (process time) is printed
+   too, as it depends less on that load.
 
 Example:
     python benchmarks/weights_probe.py imagenet --per-class 10
@@ -21,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from pathlib import Path
@@ -104,37 +107,54 @@ def imagenet(source: str, per_class: int) -> None:
             )
 
 
-def _step_rate(
-    arch: str, size: tuple[int, int], batch: int, channels_last: bool, warmup: int, steps: int
-) -> float:
-    net = timm.create_model(arch, num_classes=0)
-    head = torch.nn.Linear(net.num_features, 10)
-    model = torch.nn.Sequential(net, head).train()
-    x = torch.randn(batch, 3, *size)
-    y = torch.randint(0, 10, (batch,))
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    times = []
-    for i in range(warmup + steps):
-        t = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-        if i >= warmup:
-            times.append(time.perf_counter() - t)
-    return batch / statistics.median(times)
+class _Step:
+    """One training configuration: backbone + linear head, AdamW, a fixed random batch."""
+
+    def __init__(self, arch: str, size: tuple[int, int], batch: int, channels_last: bool) -> None:
+        net = timm.create_model(arch, num_classes=0)
+        self.model = torch.nn.Sequential(net, torch.nn.Linear(net.num_features, 10)).train()
+        self.x = torch.randn(batch, 3, *size)
+        self.y = torch.randint(0, 10, (batch,))
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+            self.x = self.x.contiguous(memory_format=torch.channels_last)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+
+    def run(self, record: bool) -> None:
+        t, c = time.perf_counter(), time.process_time()
+        self.opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(self.model(self.x), self.y).backward()
+        self.opt.step()
+        if record:
+            self.wall.append(time.perf_counter() - t)
+            self.cpu.append(time.process_time() - c)
 
 
 def speed(arch: str, sizes: list[str], batch: int, threads: int, warmup: int, steps: int) -> None:
+    """Round-robin over the configurations, so a busy machine slows them all alike."""
     torch.set_num_threads(threads)
-    print(f"{arch}, batch {batch}, {threads} threads, median of {steps} steps (images/s):")
+    configs = {}
     for s in sizes:
         h, w = (int(v) for v in s.split("x"))
         for cl in (False, True):
-            rate = _step_rate(arch, (h, w), batch, cl, warmup, steps)
-            print(f"  {h}x{w} {'channels_last' if cl else 'contiguous':13s} {rate:6.1f}")
+            configs[f"{h}x{w} {'channels_last' if cl else 'contiguous'}"] = _Step(
+                arch, (h, w), batch, cl
+            )
+    load0 = os.getloadavg()[0]
+    for i in range(warmup + steps):
+        for step in configs.values():
+            step.run(record=i >= warmup)
+    print(
+        f"{arch}, batch {batch}, {threads} threads, median of {steps} steps, load average "
+        f"{load0:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+    )
+    print("  config                    images/s (wall)   images per CPU-second")
+    for name, step in configs.items():
+        wall = batch / statistics.median(step.wall)
+        cpu = batch / statistics.median(step.cpu)
+        print(f"  {name:25s} {wall:10.1f} {cpu:18.1f}")
 
 
 def main() -> None:
