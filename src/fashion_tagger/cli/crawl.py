@@ -8,6 +8,14 @@ import typer
 from rich.table import Table
 
 from fashion_tagger.cli._app import PROGRESS, console, crawl_app, fail, print_json
+from fashion_tagger.sources.vinted import (
+    Blocked,
+    CrawlConfig,
+    Politeness,
+    crawl_vinted,
+    list_categories,
+)
+from fashion_tagger.sources.vinted.categories import DEFAULT_EXCLUDE
 
 
 def _split(values: list[str] | None) -> tuple[str, ...]:
@@ -15,49 +23,67 @@ def _split(values: list[str] | None) -> tuple[str, ...]:
     return tuple(v.strip() for value in values or [] for v in value.split(",") if v.strip())
 
 
+_C = CrawlConfig()
+_P = _C.politeness
+"""Defaults come from the crawl's config dataclasses (one source of truth)."""
+_opt = typer.Option
+OUT = _opt(None, "--out", "-o", help="Dataset dir to write (a local dir; resumable).")
+DOMAIN = _opt(_C.domain, "--domain", help="Site: fr, com, de, co.uk, es, it...")
+BASE_URL = _opt(_C.base_url, "--base-url", help="Site URL; overrides --domain.")
+PER_CATEGORY = _opt(_C.per_category, "--per-category", help="Listings per leaf category.")
+CATEGORIES = _opt(
+    None, "--categories", help="Only these categories: id, title or 'A > B' (repeat)."
+)
+EXCLUDE = _opt(None, "--exclude", help="Also skip subtrees with this title (repeat).")
+KEEP_ALL = _opt(False, "--keep-all", help="Keep non-fashion branches (Home, Beauty, Toys...) too.")
+LIST_ONLY = _opt(
+    False, "--list-categories", help="Print the category tree with item counts and exit."
+)
+CONCURRENCY = _opt(_P.concurrency, "--concurrency", help="Requests in flight at once.")
+DELAY = _opt(_P.delay, "--delay", help="Seconds between request starts.")
+MAX_REQUESTS = _opt(None, "--max-requests", help="Stop (resumably) after this many requests.")
+IMAGE_SIZE = _opt(_C.image_size, "--image-size", help="Longest side of stored photos.")
+QUALITY = _opt(_C.quality, "--quality", help="JPEG quality of stored photos.")
+ALL_PHOTOS = _opt(
+    _C.all_photos, "--all-photos", help="Every photo of a listing (one detail request each)."
+)
+UNISEX = _opt(
+    _C.unisex, "--unisex", help="Listing under Women and Men: relabel|keep-first|keep-both."
+)
+TIMEOUT = _opt(
+    _P.timeout, "--timeout", envvar="FASHION_TAGGER_CRAWL_TIMEOUT", help="Seconds before a retry."
+)
+BLOCK_PAUSE = _opt(
+    _P.block_pause,
+    "--block-pause",
+    envvar="FASHION_TAGGER_CRAWL_BLOCK_PAUSE",
+    help="Seconds to pause when the bot wall answers.",
+)
+SAVE_EVERY = _opt(
+    _C.save_every, "--save-every", help="Rewrite the dataset manifest after this many new photos."
+)
+
+
 @crawl_app.command("vinted")
 def crawl_vinted_cmd(
-    out: Path = typer.Option(None, "--out", "-o", help="Dataset dir to write (resumable)."),
-    domain: str = typer.Option("fr", "--domain", help="Site: fr, com, de, co.uk, es, it..."),
-    base_url: str = typer.Option("", "--base-url", help="Site URL; overrides --domain."),
-    per_category: int = typer.Option(300, "--per-category", help="Listings per leaf category."),
-    categories: list[str] = typer.Option(
-        None, "--categories", help="Only these categories: id, title or 'A > B' (repeat)."
-    ),
-    exclude: list[str] = typer.Option(
-        None, "--exclude", help="Also skip subtrees with this title (repeat)."
-    ),
-    keep_all: bool = typer.Option(
-        False, "--keep-all", help="Keep non-fashion branches (Home, Beauty, Toys...) too."
-    ),
-    list_only: bool = typer.Option(
-        False, "--list-categories", help="Print the category tree with item counts and exit."
-    ),
-    concurrency: int = typer.Option(2, "--concurrency", help="Requests in flight at once."),
-    delay: float = typer.Option(1.0, "--delay", help="Seconds between request starts."),
-    max_requests: int = typer.Option(
-        None, "--max-requests", help="Stop (resumably) after this many requests."
-    ),
-    image_size: int = typer.Option(224, "--image-size", help="Longest side of stored photos."),
-    quality: int = typer.Option(50, "--quality", help="JPEG quality of stored photos."),
-    all_photos: bool = typer.Option(
-        False, "--all-photos", help="Every photo of a listing (one detail request each)."
-    ),
-    unisex: str = typer.Option(
-        "relabel", "--unisex", help="Listing under Women and Men: relabel|keep-first|keep-both."
-    ),
-    timeout: float = typer.Option(
-        20.0, "--timeout", envvar="FASHION_TAGGER_CRAWL_TIMEOUT", help="Seconds before a retry."
-    ),
-    block_pause: float = typer.Option(
-        60.0,
-        "--block-pause",
-        envvar="FASHION_TAGGER_CRAWL_BLOCK_PAUSE",
-        help="Seconds to pause when the bot wall answers.",
-    ),
-    save_every: int = typer.Option(
-        200, "--save-every", help="Rewrite the dataset manifest after this many new photos."
-    ),
+    out: Path = OUT,
+    domain: str = DOMAIN,
+    base_url: str = BASE_URL,
+    per_category: int = PER_CATEGORY,
+    categories: list[str] = CATEGORIES,
+    exclude: list[str] = EXCLUDE,
+    keep_all: bool = KEEP_ALL,
+    list_only: bool = LIST_ONLY,
+    concurrency: int = CONCURRENCY,
+    delay: float = DELAY,
+    max_requests: int = MAX_REQUESTS,
+    image_size: int = IMAGE_SIZE,
+    quality: int = QUALITY,
+    all_photos: bool = ALL_PHOTOS,
+    unisex: str = UNISEX,
+    timeout: float = TIMEOUT,
+    block_pause: float = BLOCK_PAUSE,
+    save_every: int = SAVE_EVERY,
     progress: bool = PROGRESS,
     as_json: bool = typer.Option(False, "--json", help="Print the run's summary as JSON."),
 ) -> None:
@@ -67,15 +93,6 @@ def crawl_vinted_cmd(
 
     Example: fashion-tagger crawl vinted --out data/vinted --domain fr --per-category 300
     """
-    from fashion_tagger.sources.vinted import (
-        Blocked,
-        CrawlConfig,
-        Politeness,
-        crawl_vinted,
-        list_categories,
-    )
-    from fashion_tagger.sources.vinted.categories import DEFAULT_EXCLUDE
-
     config = CrawlConfig(
         domain=domain,
         base_url=base_url,

@@ -171,7 +171,6 @@ class DatasetInfo:
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> DatasetInfo:
         """Parse a dataset.json object (its format version is checked by `read_info`)."""
-        known = {f.name for f in fields(cls)} - {"import_", "extra"}
         return cls(
             name=str(obj.get("name") or ""),
             levels=tuple(obj.get("levels") or ()),
@@ -184,8 +183,14 @@ class DatasetInfo:
             crawl=obj.get("crawl"),
             derived_from=obj.get("derived_from"),
             history=tuple(obj.get("history") or ()),
-            extra={k: v for k, v in obj.items() if k not in known | {"import", "format_version"}},
+            extra={k: v for k, v in obj.items() if k not in INFO_KEYS},
         )
+
+
+INFO_KEYS = frozenset(
+    {f.name for f in fields(DatasetInfo)} - {"import_", "extra"} | {"import", "format_version"}
+)
+"""The keys of dataset.json that `DatasetInfo` names; any other key goes to `extra`."""
 
 
 def _source(obj: Mapping[str, Any]) -> SourceRef:

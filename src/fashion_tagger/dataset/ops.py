@@ -227,6 +227,27 @@ def _sample_quotas(class_sizes: dict[Leaf, int], n: int) -> dict[Leaf, int]:
     return {c: min(q, class_sizes[c]) for c, q in quota.items()}
 
 
+def _check_filter_args(
+    min_per_class: int | None,
+    max_per_class: int | None,
+    cap_ratio: float | None,
+    sample: int | None,
+) -> None:
+    """Refuse filter arguments that make no sense, naming the flag to change."""
+    if max_per_class is not None and cap_ratio is not None:
+        raise DatasetError("give --max-per-class or --cap-ratio, not both")
+    for flag, v in (("--min-per-class", min_per_class), ("--max-per-class", max_per_class),
+                    ("--sample", sample)):  # fmt: skip
+        if v is not None and v < 1:
+            raise DatasetError(f"{flag} must be at least 1 (got {v})")
+    if cap_ratio is not None and cap_ratio <= 0:
+        raise DatasetError(f"--cap-ratio must be positive, e.g. 4 (got {cap_ratio})")
+    if all(v is None for v in (min_per_class, max_per_class, cap_ratio, sample)):
+        raise DatasetError(
+            "nothing to do: give --min-per-class, --max-per-class, --cap-ratio or --sample"
+        )
+
+
 def filter_dataset(
     ds: Dataset,
     min_per_class: int | None = None,
@@ -249,19 +270,7 @@ def filter_dataset(
         sample: keep about this many images in all, proportional per class, >= 1 per class.
         level: classify rows by their path cut at this level instead of by leaf.
     """
-    if max_per_class is not None and cap_ratio is not None:
-        raise DatasetError("give --max-per-class or --cap-ratio, not both")
-    for flag, v in (("--min-per-class", min_per_class), ("--max-per-class", max_per_class),
-                    ("--sample", sample)):  # fmt: skip
-        if v is not None and v < 1:
-            raise DatasetError(f"{flag} must be at least 1 (got {v})")
-    if cap_ratio is not None and cap_ratio <= 0:
-        raise DatasetError(f"--cap-ratio must be positive, e.g. 4 (got {cap_ratio})")
-    if all(v is None for v in (min_per_class, max_per_class, cap_ratio, sample)):
-        raise DatasetError(
-            "nothing to do: give --min-per-class, --max-per-class, --cap-ratio or --sample"
-        )
-
+    _check_filter_args(min_per_class, max_per_class, cap_ratio, sample)
     classes = _class_keys(ds, level)
     items = ds.table.column("item_id").to_pylist()
     keep = np.ones(len(items), dtype=bool)
