@@ -585,15 +585,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     fake = FakeVinted(
-        categories=args.categories,
-        items_per_category=args.items_per_category,
-        latency=args.latency,
-        faults=Faults.parse(args.faults),
-        page_cap=args.page_cap,
-        no_photo_every=args.no_photo_every,
-        tree_shape=args.tree_shape,
-        port=args.port,
-    ).start()
+        categories=args.categories, items_per_category=args.items_per_category,
+        latency=args.latency, faults=Faults.parse(args.faults), page_cap=args.page_cap,
+        no_photo_every=args.no_photo_every, tree_shape=args.tree_shape, port=args.port,
+    ).start()  # fmt: skip
     print(f"fake marketplace at {fake.url} (Ctrl-C to stop)", flush=True)
     try:
         while True:
