@@ -130,8 +130,8 @@ def score(run_dir: Path, dataset_dir: Path, split: str, cache: Path) -> tuple[di
     from sklearn.metrics import accuracy_score, average_precision_score, f1_score
 
     from fashion_tagger.dataset.core import Dataset
-    from fashion_tagger.model.preprocess import normalize
     from fashion_tagger.inference.tagger import Tagger
+    from fashion_tagger.model.preprocess import normalize
     from fashion_tagger.training.data import load_split
 
     tagger = Tagger.load(run_dir, backend="torch")
@@ -239,7 +239,8 @@ def sample_check(args: argparse.Namespace, products: Path) -> dict:
 def run_heads(args: argparse.Namespace, products: Path) -> tuple[dict, dict[str, np.ndarray]]:
     from fashion_tagger.dataset.core import Dataset
     from fashion_tagger.model.rundir import RunDir
-    from fashion_tagger.training.train import plan_budget, train
+    from fashion_tagger.training.budget import plan_budget
+    from fashion_tagger.training.train import train
 
     counts = Dataset.open(products).split_counts()
     n_train, n_val = counts.get("train", 0), counts.get("val", 0)
@@ -306,8 +307,9 @@ def run_clothing(args: argparse.Namespace) -> dict:
     from fashion_tagger.dataset.core import Dataset
     from fashion_tagger.model.rundir import RunDir
     from fashion_tagger.sources.folders import import_folders
+    from fashion_tagger.training.budget import plan_budget
     from fashion_tagger.training.config import DataConfig
-    from fashion_tagger.training.train import plan_budget, train
+    from fashion_tagger.training.train import train
 
     out = args.out / "clothing"
     if not (out / "items.parquet").is_file():

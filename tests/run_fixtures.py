@@ -98,6 +98,7 @@ def make_synthetic_dataset(root: Path, n: int = 240, seed: int = 0, ragged: bool
 def make_tiny_run(tmp_dir: Path) -> tuple[Path, Path]:
     """(run_dir, dataset_dir): a `simple-cnn` + unified head trained a few seconds on the
     synthetic data, clearly better than chance, written with the real `train`."""
+    from fashion_tagger.evaluation.curves import draw_curves
     from fashion_tagger.training.config import DataConfig, ModelConfig, TrainConfig
     from fashion_tagger.training.train import train
 
@@ -114,6 +115,7 @@ def make_tiny_run(tmp_dir: Path) -> tuple[Path, Path]:
     )
     with one_thread():  # tiny batches: threads only add overhead on a shared machine
         run = train(dataset_dir, tmp_dir / "run", config)
+    draw_curves(run)  # as the CLI does after training
     return run.path, dataset_dir
 
 

@@ -45,17 +45,10 @@ def detect_kind(src: Path) -> str:
 
 
 def _import(kind: str, src: Path | None, out: Path, workers: int | None, progress: bool) -> Dataset:
-    if kind == "kaggle-products":
-        from fashion_tagger.sources.kaggle_products import import_kaggle_products
+    """Through the importer registry, as `fashion-tagger import <kind>` does."""
+    from fashion_tagger.sources import get_importer
 
-        return import_kaggle_products(src, out, workers=workers, progress=progress).dataset
-    if kind == "fashion-mnist":
-        from fashion_tagger.sources.fashion_mnist import import_fashion_mnist
-
-        return import_fashion_mnist(src, out, workers=workers, progress=progress).dataset
-    from fashion_tagger.sources.folders import import_folders
-
-    return import_folders(src, out, workers=workers, progress=progress).dataset
+    return get_importer(kind)(src, out, workers=workers, progress=progress).dataset
 
 
 def _train_config(kind: str, workers: int | None, progress: bool) -> TrainConfig:
@@ -98,9 +91,11 @@ def quickstart(
     """
     from fashion_tagger.dataset import ops
     from fashion_tagger.evaluation import evaluate
+    from fashion_tagger.evaluation.curves import draw_curves
     from fashion_tagger.inference.predict import predict_paths
-    from fashion_tagger.model.rundir import RunDir
-    from fashion_tagger.training.train import plan_budget, train
+    from fashion_tagger.model.rundir import RunDir, RunPaths
+    from fashion_tagger.training.budget import plan_budget
+    from fashion_tagger.training.train import train
 
     if minutes <= 0:
         raise FashionTaggerError("--minutes must be positive")
@@ -116,7 +111,7 @@ def quickstart(
         ds = ds.save()
         counts = ds.split_counts()
 
-    if (run_dir / "model.json").is_file():
+    if RunPaths(run_dir).model_json.is_file():
         run = RunDir.open(run_dir)
     else:
         config = _train_config(kind, workers, progress)
@@ -124,8 +119,9 @@ def quickstart(
             config, counts.get("train", 0), minutes, counts.get("val", 0)
         )
         config = replace(config, epochs=epochs, train_fraction=fraction, max_time=str(minutes))
-        resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
+        resume = RunPaths(run_dir).last_ckpt.is_file()
         run = train(dataset_dir, run_dir, None if resume else config, resume=resume)
+        draw_curves(run)
     split = "test" if "test" in counts else "val"
     metrics = evaluate(run.path, dataset_dir, split=split, progress=progress)
     test = ds.split(split)
@@ -137,8 +133,8 @@ def quickstart(
         "kind": kind,
         "dataset_dir": str(dataset_dir),
         "run_dir": str(run.path),
-        "metrics": str(metrics.get("files", {}).get("metrics", run.path / "metrics.json")),
-        "report": str(metrics.get("files", {}).get("report", run.path / "report.html")),
+        "metrics": str(metrics.get("files", {}).get("metrics", run.metrics_json)),
+        "report": str(metrics.get("files", {}).get("report", run.report_html)),
         "predictions": str(predictions),
         "split": split,
         "accuracy": levels,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,13 +22,11 @@ from fashion_tagger._io import write_json_atomic
 from fashion_tagger.dataset.core import Dataset
 from fashion_tagger.errors import FashionTaggerError
 from fashion_tagger.evaluation import metrics, report, scoring
+from fashion_tagger.evaluation.curves import draw_curves
 
 if TYPE_CHECKING:
     from fashion_tagger.inference.tagger import Tagger
     from fashion_tagger.model.rundir import RunDir
-
-METRICS_JSON = "metrics.json"
-REPORT_HTML = "report.html"
 
 
 class EvaluationError(FashionTaggerError):
@@ -60,23 +57,14 @@ def _open_split(dataset_dir: str | Path, split: str) -> Dataset:
     return part
 
 
-def _load(path: Path, spec: Any) -> np.ndarray | str:
-    from fashion_tagger.model.preprocess import load_for_model
-
-    try:
-        return load_for_model(path, spec)
-    except (FashionTaggerError, OSError, ValueError) as exc:
-        return str(exc) or type(exc).__name__
-
-
 def run_split(
     tagger: Tagger, ds: Dataset, *, batch_size: int = 64, progress: bool = True
 ) -> SplitOutputs:
     """Probabilities of the model on every row of `ds` whose label path the model knows.
 
     Rows with an unknown path (the dataset has classes the model was not trained on) and
-    unreadable images are left out and counted; the next batch decodes in threads while the
-    model runs on this one.
+    unreadable images are left out and counted. The images go through the Tagger's batched
+    iterator, as `predict` does (the next batch decodes while the model runs on this one).
     """
     spec = tagger.spec
     truth, keep = scoring.encode_truth(
@@ -93,36 +81,21 @@ def run_split(
         )
     kept = ds.with_table(ds.table.filter(pa.array(keep)))
     n = len(kept)
-    batch_size = max(1, int(batch_size))
     levels: list[list[np.ndarray]] = [[] for _ in range(spec.taxonomy.depth)]
     attrs: list[np.ndarray] = []
     ok = np.zeros(n, dtype=bool)
     unreadable: list[dict[str, str]] = []
-    starts = list(range(0, n, batch_size))
-    with (
-        ThreadPoolExecutor(max_workers=4) as pool,
-        _progress.bar("evaluating", total=n, enabled=progress) as bar,
-    ):
-
-        def submit(start: int) -> list[Future]:
-            stop = min(start + batch_size, n)
-            return [pool.submit(_load, kept.image_path(i), spec) for i in range(start, stop)]
-
-        pending = submit(starts[0]) if starts else []
-        for b, start in enumerate(starts):
-            loaded = [f.result() for f in pending]
-            pending = submit(starts[b + 1]) if b + 1 < len(starts) else []
-            good = [j for j, a in enumerate(loaded) if not isinstance(a, str)]
-            for j, a in enumerate(loaded):
-                if isinstance(a, str):
-                    unreadable.append({"image": truth.images[start + j], "error": a})
-            if good:
-                probs = tagger.predict_arrays(np.stack([loaded[j] for j in good]))
-                for lvl, p in enumerate(probs.levels):
+    paths = [kept.image_path(i) for i in range(n)]
+    with _progress.bar("evaluating", total=n, enabled=progress) as bar:
+        for batch in tagger.iter_probs(paths, batch_size=max(1, int(batch_size))):
+            for j, error in sorted(batch.errors.items()):
+                unreadable.append({"image": truth.images[batch.start + j], "error": error})
+            if batch.probs is not None:
+                for lvl, p in enumerate(batch.probs.levels):
                     levels[lvl].append(np.asarray(p, dtype=np.float64))
-                attrs.append(np.asarray(probs.attributes, dtype=np.float64))
-                ok[[start + j for j in good]] = True
-            bar.advance(len(loaded))
+                attrs.append(np.asarray(batch.probs.attributes, dtype=np.float64))
+                ok[[batch.start + j for j in batch.ok]] = True
+            bar.advance(batch.size)
     if not ok.any():
         raise EvaluationError(
             f"none of the {n} images could be read (first: {unreadable[0]['error']}); check the "
@@ -208,8 +181,10 @@ def evaluate(
             spec.thresholds,
         ),
     }
-    json_path = Path(json_path) if json_path else run.path / METRICS_JSON
-    report_path = Path(report_path) if report_path else run.path / REPORT_HTML
+    if report_path is None and not run.curves.is_file():
+        draw_curves(run)  # trained through the Python API: the run dir gets its curves now
+    json_path = Path(json_path) if json_path else run.metrics_json
+    report_path = Path(report_path) if report_path else run.report_html
     write_json_atomic(json_path, result)
     report.write_report(result, report_path, dataset_root=ds.root, run_dir=run.path)
     result["files"] = {"metrics": str(json_path), "report": str(report_path)}

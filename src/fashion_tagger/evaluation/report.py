@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 
 from fashion_tagger._io import write_bytes_atomic
+from fashion_tagger.evaluation import curves
+from fashion_tagger.model.rundir import RunPaths
 
 MAX_CONFUSION_CLASSES = 20
 THUMB = 176
@@ -469,49 +471,15 @@ def _hierarchy(m: dict[str, Any]) -> str:
     )
 
 
-def _curves_plot(csv: Path) -> str | None:
-    import pandas as pd
-
-    plt = _plt()
-    try:
-        df = pd.read_csv(csv)
-    except Exception:
-        return None
-    x = "epoch" if "epoch" in df else "step" if "step" in df else None
-    losses = [c for c in ("train_loss", "val_loss") if c in df]
-    accs = [c for c in df.columns if str(c).startswith("val_acc")]
-    if x is None or not (losses or accs):
-        return None
-    fig, axes = plt.subplots(1, 2 if accs else 1, figsize=(10 if accs else 5.5, 3.6), squeeze=False)
-    for col in losses:
-        s = df[[x, col]].dropna().groupby(x)[col].mean()
-        axes[0, 0].plot(s.index, s.values, marker="o", ms=3, label=col)
-    axes[0, 0].set(xlabel=x, ylabel="loss", title="loss")
-    axes[0, 0].legend(frameon=False)
-    if accs:
-        for col in accs:
-            s = df[[x, col]].dropna().groupby(x)[col].mean()
-            axes[0, 1].plot(s.index, s.values, marker="o", ms=3, label=col.removeprefix("val_acc_"))
-        axes[0, 1].set(xlabel=x, ylabel="accuracy", title="validation accuracy")
-        axes[0, 1].legend(frameon=False)
-    from matplotlib.ticker import MaxNLocator
-
-    for ax in axes.flat:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        ax.spines[["top", "right"]].set_visible(False)
-    return _png(fig)
-
-
 def _curves(run_dir: Path | None) -> str:
     if run_dir is not None:
-        png = run_dir / "curves.png"
-        if png.is_file():
-            uri = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
+        paths = RunPaths(run_dir)
+        if paths.curves.is_file():
+            uri = "data:image/png;base64," + base64.b64encode(paths.curves.read_bytes()).decode()
             return _img(uri, "training curves")
-        csv = run_dir / "logs" / "metrics.csv"
-        if csv.is_file() and (uri := _curves_plot(csv)):
-            return _img(uri, "training curves")
+        fig = curves.plot_curves(paths.read_metrics())
+        if fig is not None:
+            return _img(_png(fig), "training curves")
     return (
         '<p class="note">This run has no training curves (no curves.png or logs/metrics.csv).</p>'
     )

@@ -28,6 +28,7 @@ from fashion_tagger._cpu import usable_cores
 from fashion_tagger._io import atomic_path
 from fashion_tagger.errors import FashionTaggerError, RunDirError, require
 from fashion_tagger.model.decode import LeafTable
+from fashion_tagger.model.rundir import RunPaths
 
 if TYPE_CHECKING:  # pragma: no cover
     from fashion_tagger.model.spec import ModelSpec
@@ -203,6 +204,13 @@ def export_module(module: Any, spec: Any, out: str | Path, opset: int = DEFAULT_
     return out
 
 
+def path_mismatches(leaves: LeafTable, ref: list[np.ndarray], got: list[np.ndarray]) -> int:
+    """Rows whose decoded path differs between two sets of outputs `[level_0, ..., attributes]`
+    (decoded as `predict` decodes them)."""
+    depth = leaves.index.shape[0]
+    return int(np.sum(leaves.best_leaves(ref[:depth]) != leaves.best_leaves(got[:depth])))
+
+
 def check_parity(
     module: Any,
     spec: Any,
@@ -232,7 +240,6 @@ def check_parity(
     backend = OnnxBackend(onnx_path)
     wrapped = _wrapper(module.eval())
     leaves = LeafTable.from_taxonomy(spec.taxonomy)
-    depth = spec.taxonomy.depth
     worst, mismatches = 0.0, 0
     for x in batches:
         with torch.inference_mode():
@@ -241,8 +248,7 @@ def check_parity(
         for a, b in zip(ref, got, strict=True):
             if a.size:
                 worst = max(worst, float(np.max(np.abs(a - b))))
-        ref_leaves, got_leaves = leaves.best_leaves(ref[:depth]), leaves.best_leaves(got[:depth])
-        mismatches += int(np.sum(ref_leaves != got_leaves))
+        mismatches += path_mismatches(leaves, ref, got)
     return ParityReport(worst, random_inputs, n_real, mismatches, atol)
 
 
@@ -357,7 +363,7 @@ def export_onnx(
 
     run = RunDir.open(run_dir)
     module, spec = load_model(run)
-    out = Path(out) if out is not None else run.path / "model.onnx"
+    out = Path(out) if out is not None else run.onnx
     if opset < 11:
         raise FashionTaggerError(
             f"--opset {opset} is too old; use 11 or newer (default {DEFAULT_OPSET})"
@@ -447,8 +453,9 @@ class OnnxBackend:
 
 def _check_same_model(path: Path, model_id: str) -> None:
     """Refuse a model.onnx left over from another training run in the same dir."""
-    model_json = path.parent / "model.json"
-    if path.name != "model.onnx" or not model_json.is_file():
+    paths = RunPaths(path.parent)
+    model_json = paths.model_json
+    if path != paths.onnx or not model_json.is_file():
         return
     try:
         expected = json.loads(model_json.read_text()).get("model_id")

@@ -40,6 +40,25 @@ class Probs:
 
 
 @dataclass
+class ProbsBatch:
+    """One batch of `Tagger.iter_probs`.
+
+    Attributes:
+        start: position of the batch's first image in the input.
+        size: images in the batch.
+        ok: positions (within the batch) of the readable images: the rows of `probs`.
+        probs: their probabilities (None when none was readable).
+        errors: position (within the batch) -> why that image could not be read.
+    """
+
+    start: int
+    size: int
+    ok: list[int]
+    probs: Probs | None
+    errors: dict[int, str]
+
+
+@dataclass
 class Prediction:
     """One image's answer: a valid path with per-level scores, top-k leaves, attributes."""
 
@@ -89,7 +108,7 @@ class TorchBackend:
 
 
 def _onnx_available(run: RunDir) -> bool:
-    if not (run.path / "model.onnx").is_file():
+    if not run.onnx.is_file():
         return False
     try:
         import onnxruntime  # noqa: F401
@@ -128,9 +147,9 @@ class Tagger:
         if backend == "auto":
             backend = "onnx" if _onnx_available(run) else "torch"
         if backend == "onnx":
-            if not (run.path / "model.onnx").is_file():
+            if not run.onnx.is_file():
                 raise FashionTaggerError(
-                    f"{run.path} has no model.onnx; create it with `fashion-tagger export "
+                    f"{run.path} has no {run.onnx.name}; create it with `fashion-tagger export "
                     f"{run.path} --format onnx` or use --backend torch"
                 )
             from fashion_tagger.errors import require
@@ -138,7 +157,7 @@ class Tagger:
             require("onnxruntime", "onnx")
             from fashion_tagger.inference.onnx import OnnxBackend
 
-            return cls(run.spec, OnnxBackend(run.path / "model.onnx"), "onnx")
+            return cls(run.spec, OnnxBackend(run.onnx), "onnx")
         return cls(run.spec, TorchBackend(run), "torch")
 
     # -- model ----------------------------------------------------------------------------------
@@ -208,36 +227,42 @@ class Tagger:
         except (FashionTaggerError, OSError, ValueError) as exc:
             return str(exc) or type(exc).__name__
 
+    def iter_probs(
+        self, images: Sequence[ImageSource], batch_size: int = 32, workers: int = 4
+    ) -> Iterator[ProbsBatch]:
+        """Probabilities batch by batch, in input order; images of the next batch decode (in
+        threads) while the model runs on this one. What `iter_predict` decodes and `evaluate`
+        scores."""
+        batch_size = max(1, batch_size)
+        starts = range(0, len(images), batch_size)
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+
+            def submit(start: int) -> list[Future]:
+                return [pool.submit(self._load, s) for s in images[start : start + batch_size]]
+
+            pending = submit(starts[0]) if starts else []
+            for b, start in enumerate(starts):
+                loaded = [f.result() for f in pending]
+                pending = submit(starts[b + 1]) if b + 1 < len(starts) else []
+                ok = [i for i, a in enumerate(loaded) if not isinstance(a, str)]
+                errors = {i: a for i, a in enumerate(loaded) if isinstance(a, str)}
+                probs = self.predict_arrays(np.stack([loaded[i] for i in ok])) if ok else None
+                yield ProbsBatch(start, len(loaded), ok, probs, errors)
+
     def iter_predict(
         self, images: Sequence[ImageSource], batch_size: int = 32, top_k: int = 5, workers: int = 4
     ) -> Iterator[list[Prediction]]:
-        """Predictions batch by batch; images of the next batch decode (in threads) while the
-        model runs on this one."""
-        batch_size = max(1, batch_size)
-        batches = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-
-            def submit(batch: Sequence[ImageSource]) -> list[Future]:
-                return [pool.submit(self._load, s) for s in batch]
-
-            pending = submit(batches[0]) if batches else []
-            for b, batch in enumerate(batches):
-                loaded = [f.result() for f in pending]
-                pending = submit(batches[b + 1]) if b + 1 < len(batches) else []
-                names = [_name(s) for s in batch]
-                good = [i for i, a in enumerate(loaded) if not isinstance(a, str)]
-                preds: list[Prediction | None] = [None] * len(batch)
-                if good:
-                    x = np.stack([loaded[i] for i in good])
-                    decoded = self.decode(
-                        self.predict_arrays(x), top_k=top_k, names=[names[i] for i in good]
-                    )
-                    for i, p in zip(good, decoded, strict=True):
-                        preds[i] = p
-                for i, a in enumerate(loaded):
-                    if isinstance(a, str):
-                        preds[i] = Prediction(image=names[i], error=a)
-                yield [p for p in preds if p is not None]
+        """Predictions batch by batch (see `iter_probs`); an unreadable image gets `error`."""
+        for batch in self.iter_probs(images, batch_size, workers):
+            names = [_name(s) for s in images[batch.start : batch.start + batch.size]]
+            preds: list[Prediction | None] = [None] * batch.size
+            if batch.probs is not None:
+                decoded = self.decode(batch.probs, top_k, names=[names[i] for i in batch.ok])
+                for i, p in zip(batch.ok, decoded, strict=True):
+                    preds[i] = p
+            for i, error in batch.errors.items():
+                preds[i] = Prediction(image=names[i], error=error)
+            yield [p for p in preds if p is not None]
 
     def predict(
         self, images: Sequence[ImageSource], batch_size: int = 32, top_k: int = 5

@@ -12,6 +12,7 @@ on open, and a format version, so a reader only ever reads a layout it understan
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 from dataclasses import dataclass
@@ -82,6 +83,16 @@ class RunPaths:
     def metrics_csv(self) -> Path:
         """One row per epoch: losses and validation accuracies (what the curves show)."""
         return self.logs / "metrics.csv"
+
+    def read_metrics(self) -> list[dict[str, float]]:
+        """The rows of `metrics_csv` as numbers (empty cells left out); [] before any epoch."""
+        if not self.metrics_csv.is_file():
+            return []
+        with open(self.metrics_csv, newline="") as f:
+            return [
+                {k: float(v) for k, v in r.items() if v not in ("", None)}
+                for r in csv.DictReader(f)
+            ]
 
     @property
     def curves(self) -> Path:

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from fashion_tagger import __version__
+from fashion_tagger._version import __version__
 from fashion_tagger._cpu import usable_cores
 from fashion_tagger.serving.metrics import Metrics
 from fashion_tagger.serving.routers import health, model, page, predict

@@ -6,8 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fashion_tagger.errors import FashionTaggerError
-
-BACKENDS = ("auto", "torch", "onnx")
+from fashion_tagger.inference.tagger import BACKENDS
 
 
 class SettingsError(FashionTaggerError):

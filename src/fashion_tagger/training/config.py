@@ -188,7 +188,7 @@ class TrainConfig:
         seed: for splits of batches, initialisation and augmentation. `--seed`.
         max_time: the training budget (minutes or HH:MM:SS); with a onecycle or cosine
             schedule the schedule follows the clock and the run ends on time with it
-            finished (`train.ClockSchedule`); with a constant one it is a plain stop.
+            finished (`callbacks.ClockSchedule`); with a constant one it is a plain stop.
             `--max-time`.
         train_fraction: share of the train batches seen per epoch (Lightning's
             limit_train_batches), so a short time budget still ends its LR schedule.

@@ -142,7 +142,7 @@ def test_a_schedule_the_clock_pushed_to_its_end_stops_the_run(
 ) -> None:
     # the clock says 99.9 % of the budget is spent, forever: it moves the schedule to its last
     # step, and the run must stop there, not step the scheduler past its end (OneCycleLR raises)
-    from fashion_tagger.training.train import ClockSchedule
+    from fashion_tagger.training.callbacks import ClockSchedule
 
     monkeypatch.setattr(ClockSchedule, "spent", lambda self: 0.999 * self.seconds)
     last = LastLR()
@@ -181,7 +181,7 @@ def test_frozen_backbone_trains_heads_on_cached_features_with_lr_finder(
     )
     with one_thread():
         run = train(small, tmp_path / "run", config)
-    saved = load_file(str(run.weights_path))
+    saved = load_file(str(run.weights))
     for k, v in backbone.items():
         assert torch.equal(saved[f"backbone.{k}"], v), k
     assert len(list((tmp_path / "cache").glob("features-*.npy"))) == 2
@@ -292,3 +292,14 @@ def test_quickstart_on_a_folder_tree(tmp_path: Path) -> None:
     rows = [json.loads(line) for line in Path(s["predictions"]).read_text().splitlines()]
     assert rows and all(r["path"] for r in rows)
     assert len(s["accuracy"]) == 2 and all(0 <= v <= 1 for v in s["accuracy"].values())
+
+
+def test_a_best_checkpoint_that_does_not_load_is_an_error(tmp_path: Path) -> None:
+    """model.json's metrics are the best epoch's: saving other weights under them is refused."""
+    from fashion_tagger.training.train import _load_best
+
+    bad = tmp_path / "best.ckpt"
+    torch.save({"not_a_state_dict": 1}, bad)
+    with pytest.raises(RunDirError, match="best checkpoint"):
+        _load_best(torch.nn.Linear(2, 2), str(bad))
+    _load_best(torch.nn.Linear(2, 2), "")  # no validation ran: nothing to load, no error

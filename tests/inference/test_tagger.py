@@ -10,7 +10,7 @@ import pytest
 from decode_reference import best_path
 from PIL import Image
 from run_fixtures import shared_tiny_run
-from test_rundir import make_spec
+from spec_fixtures import make_spec
 
 from fashion_tagger.dataset.core import Dataset
 from fashion_tagger.dataset.images import decode
