@@ -213,7 +213,7 @@ class TaggerActor:
     ) -> None:
         if device != "cpu" and backend in ("auto", "torch"):
             from fashion_tagger.inference.tagger import TorchBackend
-            from fashion_tagger.rundir import RunDir
+            from fashion_tagger.model import RunDir
 
             run = RunDir.open(run_dir)
             self.tagger = Tagger(run.spec, TorchBackend(run, device=device), "torch")
