@@ -62,8 +62,8 @@ def make_run(tmp: Path, backbone: str, size: int) -> Path:
     from inference_bench import small_spec
 
     from fashion_tagger.inference.onnx import export_onnx
-    from fashion_tagger.model.rundir import save_model
     from fashion_tagger.model.load import build_model
+    from fashion_tagger.model.rundir import save_model
 
     spec = small_spec(backbone, size)
     torch.manual_seed(0)
