@@ -76,6 +76,17 @@ def test_sharpening_is_a_step_of_its_own():
     assert not np.array_equal(np.asarray(sharp), np.asarray(soft))
 
 
+def test_levelling_blackens_any_plain_background_and_is_negation_on_white():
+    on_red = studio_photo(bg=(180, 40, 40), colour=(20, 20, 40))
+    a = np.asarray(to_fashion_mnist(on_red, level=True)).astype(int)
+    assert a[0, 0] == 0 and a[14, 14] >= 55  # background black, object as far as its grey is
+    assert np.asarray(to_fashion_mnist(on_red))[0, 0] > 100  # plain negation leaves it grey
+    white = studio_photo()
+    levelled = np.asarray(to_fashion_mnist(white, level=True)).astype(int)
+    negated = np.asarray(to_fashion_mnist(white)).astype(int)
+    assert np.abs(levelled - negated).max() <= 1  # rounding of the grey conversion only
+
+
 def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="resample"):
         to_fashion_mnist(studio_photo(), resample="lanczos")

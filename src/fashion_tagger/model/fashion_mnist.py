@@ -23,6 +23,8 @@ TRIM_FUZZ = 0.05
 """Trim tolerance: a fraction of the largest distance in RGB space (255 * sqrt(3))."""
 DARK = 128
 """A background greyer than this is taken as already negated (a Fashion-MNIST image)."""
+GREY_SPREAD = 8
+"""Largest channel spread of a pixel of an image taken as grey."""
 RESAMPLE = {"sample": Image.NEAREST, "box": Image.BOX, "bilinear": Image.BILINEAR}
 """How the longest edge is brought to the target: Zalando subsampled ("sample")."""
 
@@ -74,6 +76,7 @@ def to_fashion_mnist(
     fuzz: float = TRIM_FUZZ,
     resample: str = "sample",
     sharpen: bool = True,
+    level: bool = False,
 ) -> Image.Image:
     """Convert a product photo the way Fashion-MNIST was made; returns an 'L' image of `size`.
 
@@ -83,8 +86,11 @@ def to_fashion_mnist(
         fuzz: trim tolerance as a fraction of the largest RGB distance (Zalando: 5 %).
         resample: "sample" (Zalando's subsampling), "box" or "bilinear".
         sharpen: apply the Gaussian sharpening step (radius 1, sigma 1).
+        level: instead of negating, take each pixel's grey distance from the background's
+            grey, so any plain background (a floor, a bedsheet) ends black as a white one does.
+            On a white background this is the negation (255 - grey); not in Zalando's recipe.
 
-    An image whose background is dark is taken as already negated: it is trimmed, fitted and
+    A grey image whose background is dark is taken as already negated: it is trimmed, fitted and
     centred but neither sharpened nor negated again, and one already of the target size is
     returned unchanged (as 'L'), so converting twice gives the same image.
     """
@@ -94,7 +100,9 @@ def to_fashion_mnist(
     rgb_img = _flatten(img)
     rgb = np.asarray(rgb_img)
     bg = background_colour(rgb)
-    negated = float(bg.mean()) < DARK
+    # Already in the domain: grey pixels on a dark background (a colour photo never is).
+    grey_only = int((rgb.max(axis=-1).astype(np.int16) - rgb.min(axis=-1)).max()) <= GREY_SPREAD
+    negated = grey_only and float(bg.mean()) < DARK
     if negated and rgb_img.size == (w, h):
         return rgb_img.convert("L")
     left, top, right, bottom = trim_box(rgb, bg, fuzz)
@@ -106,9 +114,13 @@ def to_fashion_mnist(
         sharp = padded.filter(ImageFilter.UnsharpMask(radius=1.0, percent=100, threshold=0))
         obj = sharp.crop((2, 2, 2 + obj.width, 2 + obj.height))
     out = _centre(obj, h, w, fill)
-    if not negated:
-        out = ImageOps.invert(out)
-    return out.convert("L")
+    if negated:
+        return out.convert("L")
+    if level:
+        grey = np.asarray(out.convert("L"), dtype=np.int16)
+        bg_grey = int(Image.new("RGB", (1, 1), fill).convert("L").getpixel((0, 0)))
+        return Image.fromarray(np.abs(grey - bg_grey).astype(np.uint8), "L")
+    return ImageOps.invert(out).convert("L")
 
 
 def _flatten(img: Image.Image) -> Image.Image:
