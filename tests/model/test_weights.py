@@ -30,6 +30,15 @@ from fashion_tagger.model.weights import (
 LITE0 = "tf_efficientnet_lite0"
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: tiny forwards on a shared 2-core machine are faster than with two."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 class Tiny(nn.Module):
     """A backbone small enough to save and load many times: conv, bn (with its counter)."""
 
@@ -281,7 +290,6 @@ def test_order_conversion_keeps_order_and_names_any_bad_shape(
 
 def test_lite0_names_imagenet_classes_of_real_clothing_photos(datasets_dir: Path) -> None:
     """The converted weights WITH their classifier: jerseys for t-shirts, footwear for shoes."""
-    torch.set_num_threads(1)
     w = resolve_weights("lite0")
     net = timm.create_model(LITE0, num_classes=1000).eval()
     net.load_state_dict(w.state, strict=False)
