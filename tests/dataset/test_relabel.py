@@ -192,3 +192,21 @@ def test_relabel_property_every_accept_lands_and_history_grows(tmp_path_factory,
     assert out.labels == expected
     for i in range(len(TRUE)):
         assert len(out.meta(i).get("label_history", [])) == changes[i]
+
+
+def test_relabel_and_drop_issues_commands(noisy: Dataset, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fashion_tagger.cli import app
+
+    path = tmp_path / "decisions.json"
+    path.write_text(json.dumps(accept_originals(noisy)))
+    run = CliRunner().invoke(app, ["dataset", "relabel", str(noisy.root), "--decisions", str(path)])
+    assert run.exit_code == 0 and "3 rows relabelled" in run.output
+    again = CliRunner().invoke(
+        app, ["dataset", "relabel", str(noisy.root), "--decisions", str(path), "--json"]
+    )
+    assert json.loads(again.stdout)["already_applied"] is True
+    write_issues(noisy.root, issues_for(Dataset.open(noisy.root), {0: 0.9, 1: 0.9}))
+    drop = CliRunner().invoke(app, ["dataset", "drop-issues", str(noisy.root), "--json"])
+    assert json.loads(drop.stdout)["dropped"] == 1  # row 1 was reviewed, row 0 was not

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import zipfile
 from pathlib import Path
 
@@ -349,3 +350,30 @@ def test_item_folds_keep_items_together(item_of_row, k, seed) -> None:
     for item in set(items):
         assert len({folds[j] for j, it in enumerate(items) if it == item}) == 1
     assert np.array_equal(folds, item_folds(items, strata, k, seed))  # same rows, same folds
+
+
+# -- the command line -------------------------------------------------------------------------
+def test_audit_command_reuses_a_run_backbone(tmp_path: Path) -> None:
+    """The CLI end to end with `--run`: the run's backbone and preprocessing embed the photos."""
+    import shutil
+
+    from run_fixtures import shared_tiny_run
+    from typer.testing import CliRunner
+
+    from fashion_tagger.cli import app
+
+    run_dir, dataset_dir = shared_tiny_run()
+    data = tmp_path / "data"
+    shutil.copytree(dataset_dir, data)
+    args = ["audit", str(data), "--run", str(run_dir), "--folds", "3", "--no-progress"]
+    out = CliRunner().invoke(app, [*args, "--json"])
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.stdout)
+    n = len(Dataset.open(data))
+    assert report["rows"] == n and report["embedded_now"] == n
+    assert report["backbone"].startswith("simple-cnn (run ")
+    assert sum(report["by_kind"].values()) == report["issues"]
+    assert read_issues(data).num_rows == n
+    again = CliRunner().invoke(app, args)  # features now come from the cache
+    assert again.exit_code == 0 and "0 images embedded now" in again.output
+    assert "issues by kind" in again.output

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 
 # Each module registers its verbs on `app` when imported.
-from fashion_tagger.cli import crawl, data, dataset, deploy, evaluate, label, train  # noqa: F401
+from fashion_tagger.cli import audit, crawl, data, dataset, deploy, evaluate, label, train  # noqa: F401
 from fashion_tagger.cli._app import app, err_console
 from fashion_tagger.errors import FashionTaggerError
 

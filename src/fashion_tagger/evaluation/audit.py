@@ -241,13 +241,12 @@ def audit_rows(
             f"{len(set(items))} items cannot make {cfg.folds} folds; lower --folds or add data"
         )
     given = np.array([tax.encode(p) for p in paths], dtype=np.int64).reshape(len(paths), -1)
-    x = reduce_features(features, cfg.head.dims, cfg.seed)
+    x, near = reduce_features(features, cfg.head.dims)
     folds = item_folds(items, ["\x1f".join(p) for p in paths], cfg.folds, cfg.seed)
     with _progress.bar("out-of-fold heads", total=1, enabled=progress) as bar:
         probs = fit_oof(x, list(given.T), list(tax.sizes), folds, cfg.head, cfg.seed)
         bar.advance()
     scored = score_paths(tax, given, probs, cfg.threshold)
-    near = reduce_features(features, cfg.head.dims, cfg.seed, whiten=False)
     outlier_score, is_outlier, dup = _neighbour_findings(near, paths, cfg)
     kind = np.where(
         scored.is_issue,

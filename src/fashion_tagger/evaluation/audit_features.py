@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
-from collections.abc import Callable
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -151,13 +151,29 @@ def _read_cache(path: Path) -> dict[str, np.ndarray]:
         return {}  # a broken cache is rebuilt, never trusted
 
 
+def _save(path: Path, features: dict[str, np.ndarray]) -> None:
+    """Write the cache atomically (float16: half the disk, far below the heads' noise)."""
+    keys = sorted(k for k, v in features.items() if v.size)
+    if not keys:
+        return
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(
+            f,
+            sha256=np.array(keys, dtype="U64"),
+            features=np.stack([features[k] for k in keys]).astype(np.float16),
+        )
+
+
+SAVE_EVERY_S = 120.0
+"""Embedding saves the cache this often, so an interrupted audit resumes where it stopped."""
+
+
 def embed(
     ds: Dataset,
     net: Any,
     spec: FeatureSpec,
-    batch_size: int = 128,
+    batch_size: int = 64,
     progress: bool = True,
-    on_batch: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, int]:
     """Features (N, F) float32 for every row of `ds`, and how many images were embedded now.
 
@@ -176,8 +192,8 @@ def embed(
         if sha not in cached:
             todo.setdefault(sha, str(ds.root / rel))
     order = sorted(todo)
-    new: dict[str, np.ndarray] = {}
     if order:
+        saved = time.monotonic()
         with (
             torch.inference_mode(),
             _progress.bar("embedding images", total=len(order), enabled=progress) as bar,
@@ -191,25 +207,20 @@ def embed(
                         arrays.append(pre.normalize(pre.to_uint8(img, spec), spec))
                         ok.append(sha)
                     except (images.ImageError, OSError):
-                        new[sha] = np.empty(0, np.float32)
+                        cached[sha] = np.empty(0, np.float16)
                 if arrays:
                     out = net(torch.from_numpy(np.stack(arrays))).float().numpy()
-                    new.update(zip(ok, out.astype(np.float16), strict=True))
+                    cached.update(zip(ok, out.astype(np.float16), strict=True))
                 bar.advance(len(chunk))
-                if on_batch is not None:
-                    on_batch(len(chunk))
-        width = next((v.shape[0] for v in new.values() if v.size), None)
-        width = width or next((v.shape[0] for v in cached.values()), 0)
-        new = {k: (v if v.size else np.zeros(width, np.float16)) for k, v in new.items()}
-        cached.update(new)
-        keys = sorted(cached)
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.savez(
-                f,
-                sha256=np.array(keys, dtype="U64"),
-                features=np.stack([cached[k] for k in keys]).astype(np.float16),
-            )
-    feats = np.stack([np.asarray(cached[s], dtype=np.float32) for s in shas]) if shas else None
-    if feats is None:
-        return np.zeros((0, 0), np.float32), 0
+                if time.monotonic() - saved > SAVE_EVERY_S:
+                    _save(path, cached)
+                    saved = time.monotonic()
+        _save(path, cached)
+    width = next((v.shape[0] for v in cached.values() if v.size), 0)
+    if not shas:
+        return np.zeros((0, width), np.float32), 0
+    feats = np.zeros((len(shas), width), np.float32)
+    for i, s in enumerate(shas):
+        if cached[s].size:
+            feats[i] = cached[s]
     return feats, len(order)

@@ -78,21 +78,26 @@ class HeadConfig:
     weight_decay: float = 1e-3
 
 
-def reduce_features(
-    features: np.ndarray, dims: int, seed: int = 0, whiten: bool = True
-) -> np.ndarray:
-    """Standardise, then project on the top `dims` principal components (unsupervised: no label
-    is read, so fitting it on every row leaks nothing into the folds). `whiten` rescales each
-    component to unit variance (for the heads); kNN distances use the unwhitened projection."""
-    del seed  # exact PCA: nothing random
+def reduce_features(features: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
+    """Standardise, then project on the top `dims` principal components: (whitened, plain).
+
+    Unsupervised (no label is read), so fitting it on every row leaks nothing into the folds.
+    The whitened projection (unit variance per component) feeds the heads; the plain one keeps
+    the features' geometry for kNN distances.
+    """
     x = np.asarray(features, dtype=np.float32)
     x = (x - x.mean(0)) / (x.std(0) + 1e-6)
-    if dims < x.shape[1] and len(x) > 1:
-        _, vecs = np.linalg.eigh((x.T @ x) / len(x))  # ascending eigenvalues
-        x = x @ vecs[:, ::-1][:, :dims]
-        if whiten:
-            x = x / (x.std(0) + 1e-6)
-    return np.ascontiguousarray(x, dtype=np.float32)
+    k = min(dims, x.shape[1])
+    if k < x.shape[1] and len(x) > 1:
+        if len(x) < x.shape[1]:  # few rows: the SVD of x is cheaper than the covariance's
+            vecs = np.linalg.svd(x, full_matrices=False)[2].T
+        else:
+            vecs = np.linalg.eigh((x.T @ x) / len(x))[1][:, ::-1]  # ascending -> descending
+        x = x @ vecs[:, :k]
+        sd = x.std(0)
+        x = x[:, sd > 1e-4 * max(float(sd.max()), 1e-12)]  # past the rank: noise, not signal
+    plain = np.ascontiguousarray(x, dtype=np.float32)
+    return plain / (plain.std(0) + 1e-6), plain
 
 
 class _Adam:
@@ -177,15 +182,19 @@ def fit_oof(
         folds: fold of each row (`item_folds`); each fold is predicted by heads trained on the
             others, so no row is scored by a model that saw its label.
     """
+    from threadpoolctl import threadpool_limits  # installed with scikit-learn (cleanlab's)
+
     cfg = cfg or HeadConfig()
     x = np.asarray(features, dtype=np.float32)
     targets = [np.asarray(t, dtype=np.int64) for t in targets]
     out = [np.zeros((len(x), n), dtype=np.float64) for n in sizes]
     for fold in np.unique(folds):
         train, held = folds != fold, folds == fold
-        w, b, bounds = _fit_heads(
-            x[train], [t[train] for t in targets], sizes, cfg, seed + int(fold)
-        )
+        # mini-batch matmuls are small: BLAS threads only add overhead (40x on a busy machine)
+        with threadpool_limits(limits=1, user_api="blas"):
+            w, b, bounds = _fit_heads(
+                x[train], [t[train] for t in targets], sizes, cfg, seed + int(fold)
+            )
         logits = (x[held] @ w + b).astype(np.float64)
         for t in range(len(sizes)):
             out[t][held] = _softmax(logits[:, bounds[t] : bounds[t + 1]])

@@ -1,0 +1,220 @@
+"""The label audit on the product zip: injected noise found, flat cleanlab compared, clean zip read.
+
+1. Injected noise. On N rows of the product zip (5k, 10k, all by default), flip `--flip` (5 %) of
+   the articleType labels: half to a sibling under the same subCategory, half to a random
+   articleType of another subCategory (the whole path moves, so it stays valid). Run the audit's
+   scoring on the cached Lite0 features and report, per kind of flip, precision and recall of
+   the flagged rows at the default threshold (cleanlab's confident learning) and the AUROC of
+   the score, for the hierarchy-aware audit and for flat cleanlab on the leaf label alone
+   (a flat softmax over leaves trained the same way on the same folds). Precision for one kind
+   counts the rows of the other kind as neither right nor wrong (they are left out).
+2. Cost. Embedding (images/s, measured when the cache lacks images) and scoring seconds per N.
+3. The clean zip. The audit on every row as imported: issues by kind, and the top 30 with item
+   ids and image paths (look at them to count the real label errors).
+
+The product zip is imported into --data first if that dir does not exist.
+
+Example: python benchmarks/audit_bench.py --data /tmp/products --sizes 5000 10000 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from fashion_tagger.dataset.core import Dataset
+from fashion_tagger.evaluation.audit import AuditConfig, audit_rows
+from fashion_tagger.evaluation.audit_features import embed, pretrained_backbone
+from fashion_tagger.evaluation.audit_scoring import fit_oof, flat_scores, item_folds
+
+ZIP = Path(__file__).parents[1].parent / "shared" / "datasets" / "fashion-product-images-small.zip"
+
+
+def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Mann-Whitney AUROC (ties count half); nan without positives or negatives."""
+    from scipy.stats import rankdata
+
+    pos = int(positive.sum())
+    neg = len(positive) - pos
+    if pos == 0 or neg == 0:
+        return float("nan")
+    ranks = rankdata(scores)
+    return float((ranks[positive].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
+def flip_labels(
+    paths: list[tuple[str, ...]], frac: float, seed: int
+) -> tuple[list[tuple[str, ...]], np.ndarray]:
+    """Flip `frac` of the rows: half to a sibling leaf, half to a leaf of another subCategory.
+
+    Returns the new paths and a code per row: 0 clean, 1 sibling flip, 2 random flip.
+    """
+    rng = np.random.default_rng(seed)
+    leaves = sorted(set(paths))
+    siblings = {p: [q for q in leaves if q[:-1] == p[:-1] and q != p] for p in leaves}
+    n = len(paths)
+    chosen = rng.choice(n, round(frac * n), replace=False)
+    half = len(chosen) // 2
+    kind = np.zeros(n, dtype=np.int64)
+    out = list(paths)
+    for r in chosen[:half]:
+        if siblings[paths[r]]:
+            out[r] = siblings[paths[r]][rng.integers(len(siblings[paths[r]]))]
+            kind[r] = 1
+    for r in chosen[half:]:
+        others = [q for q in leaves if q[:-1] != paths[r][:-1]]
+        out[r] = others[rng.integers(len(others))]
+        kind[r] = 2
+    return out, kind
+
+
+def prf(flags: np.ndarray, kind: np.ndarray, k: int, scores: np.ndarray) -> dict[str, float]:
+    """Precision, recall and AUROC for flip kind `k` against the clean rows."""
+    rows = (kind == 0) | (kind == k)
+    pos = kind[rows] == k
+    f = flags[rows]
+    return {
+        "precision": float(pos[f].mean()) if f.any() else float("nan"),
+        "recall": float(f[pos].mean()) if pos.any() else float("nan"),
+        "auroc": auroc(scores[rows], pos),
+        "flips": int(pos.sum()),
+    }
+
+
+def sample_rows(ds: Dataset, n: int, seed: int) -> np.ndarray:
+    """Row indices of about `n` rows, whole items, sorted."""
+    if n <= 0 or n >= len(ds):
+        return np.arange(len(ds))
+    items = ds.table.column("item_id").to_pylist()
+    order = np.random.default_rng(seed).permutation(sorted(set(items)))
+    keep = set(order[:n].tolist())
+    return np.array([i for i, it in enumerate(items) if it in keep])
+
+
+def with_paths(ds: Dataset, paths: list[tuple[str, ...]]) -> Dataset:
+    col = pa.array([list(p) for p in paths], pa.list_(pa.string()))
+    return ds.with_table(
+        ds.table.set_column(ds.table.schema.get_field_index("labels"), "labels", col)
+    )
+
+
+def noise_run(ds: Dataset, feats: np.ndarray, n: int, args: argparse.Namespace) -> dict:
+    rows = sample_rows(ds, n, args.seed)
+    sub = ds.with_table(ds.table.take(pa.array(rows)))
+    paths, kind = flip_labels([tuple(p) for p in sub.labels], args.flip, args.seed)
+    noisy = with_paths(sub, paths)
+    cfg = AuditConfig(folds=args.folds, seed=args.seed)
+    t0 = time.perf_counter()
+    table, scored = audit_rows(noisy, feats[rows], cfg)
+    seconds = time.perf_counter() - t0
+    # the table is sorted; put it back in row order
+    pos = {img: i for i, img in enumerate(noisy.table.column("image").to_pylist())}
+    order = np.array([pos[i] for i in table.column("image").to_pylist()])
+    label_flag = np.zeros(len(rows), dtype=bool)
+    label_flag[order] = np.array(table.column("kind").to_pylist()) == "label"
+    any_flag = np.zeros(len(rows), dtype=bool)
+    any_flag[order] = table.column("is_issue").to_numpy(zero_copy_only=False)
+
+    # flat cleanlab: one softmax over leaves, same features, same folds, same recipe
+    from fashion_tagger.evaluation.audit_scoring import reduce_features
+
+    t1 = time.perf_counter()
+    leaves = sorted(set(paths))
+    leaf_id = np.array([leaves.index(p) for p in paths])
+    x, _ = reduce_features(feats[rows], cfg.head.dims)
+    items = noisy.table.column("item_id").to_pylist()
+    folds = item_folds(items, ["\x1f".join(p) for p in paths], cfg.folds, cfg.seed)
+    (leaf_probs,) = fit_oof(x, [leaf_id], [len(leaves)], folds, cfg.head, cfg.seed)
+    flat_score, flat_flag = flat_scores(leaf_id, leaf_probs)
+    flat_seconds = time.perf_counter() - t1
+
+    out = {"rows": len(rows), "scoring_s": round(seconds, 1), "flat_s": round(flat_seconds, 1)}
+    for name, k in (("sibling", 1), ("random", 2)):
+        out[f"hier_{name}"] = prf(label_flag, kind, k, scored.score)
+        out[f"hier_any_kind_{name}"] = prf(any_flag, kind, k, scored.score)
+        out[f"flat_{name}"] = prf(flat_flag, kind, k, flat_score)
+    out["hier_all"] = prf(label_flag, np.minimum(kind, 1), 1, scored.score)
+    out["flat_all"] = prf(flat_flag, np.minimum(kind, 1), 1, flat_score)
+    out["flagged"] = {"hier_label": int(label_flag.sum()), "hier_any": int(any_flag.sum()),
+                      "flat": int(flat_flag.sum())}  # fmt: skip
+    return out
+
+
+def clean_run(ds: Dataset, feats: np.ndarray, args: argparse.Namespace) -> dict:
+    t0 = time.perf_counter()
+    table, _ = audit_rows(ds, feats, AuditConfig(folds=args.folds, seed=args.seed))
+    seconds = time.perf_counter() - t0
+    issues = table.filter(table.column("is_issue"))
+    top = issues.slice(0, args.top).to_pylist()
+    return {
+        "rows": table.num_rows,
+        "scoring_s": round(seconds, 1),
+        "issues": issues.num_rows,
+        "by_kind": dict(Counter(issues.column("kind").to_pylist())),
+        "by_level": dict(Counter(lv or "none" for lv in issues.column("level").to_pylist())),
+        "top": [
+            {k: r[k] for k in ("item_id", "image", "given", "suggested", "score", "kind")}
+            for r in top
+        ],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=Path("/tmp/audit-bench-products"))
+    parser.add_argument("--sizes", type=int, nargs="+", default=[5000, 10000, 0])
+    parser.add_argument("--flip", type=float, default=0.05)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--skip-clean", action="store_true")
+    parser.add_argument("--json", type=Path, help="Also write the results here.")
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if not (args.data / "items.parquet").is_file():
+        cmd = [sys.executable, "-m", "fashion_tagger", "import", "kaggle-products", str(ZIP),
+               "--out", str(args.data), "--no-progress"]  # fmt: skip
+        subprocess.run(cmd, check=True)
+    ds = Dataset.open(args.data)
+    net, spec = pretrained_backbone()
+    t0 = time.perf_counter()
+    feats, embedded = embed(ds, net, spec, progress=False)
+    embed_s = time.perf_counter() - t0
+    results: dict = {
+        "rows": len(ds),
+        "backbone": f"{spec.backbone} {spec.input_size} ({spec.source})",
+        "embedded_now": embedded,
+        "embed_s": round(embed_s, 1),
+        "images_per_s": round(embedded / embed_s, 1) if embedded else None,
+        "noise": [],
+    }
+    print(json.dumps({k: v for k, v in results.items() if k != "noise"}), flush=True)
+    for n in args.sizes:
+        r = noise_run(ds, feats, n, args)
+        results["noise"].append(r)
+        print(json.dumps(r), flush=True)
+    if not args.skip_clean:
+        results["clean"] = clean_run(ds, feats, args)
+        c = results["clean"]
+        print(json.dumps({k: v for k, v in c.items() if k != "top"}), flush=True)
+        for i, r in enumerate(c["top"], 1):
+            print(f"{i:2d} {r['score']:.3f} {r['kind']:<18} item {r['item_id']:>6} "
+                  f"{' > '.join(r['given'])}  ->  {' > '.join(r['suggested'])}  {r['image']}")  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""`fashion-tagger audit`, `dataset relabel` and `dataset drop-issues`: find wrong labels, fix them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from fashion_tagger.cli._app import PROGRESS, app, console, dataset_app, print_json
+
+DIR = typer.Argument(..., help="A dataset dir (written by import or crawl).")
+JSON = typer.Option(False, "--json", help="Print one JSON object.")
+
+
+@app.command("audit")
+def audit_cmd(
+    directory: Path = DIR,
+    run: Path = typer.Option(
+        None, "--run", help="Embed with this run dir's backbone (default: pretrained Lite0)."
+    ),
+    folds: int = typer.Option(5, "--folds", help="K of the out-of-fold probabilities."),
+    threshold: float = typer.Option(
+        None,
+        "--threshold",
+        help="Flag rows scoring at least S (default: cleanlab's confident learning per level).",
+    ),
+    seed: int = typer.Option(0, "--seed", help="Same seed, same folds and heads."),
+    top: int = typer.Option(15, "--top", help="Issues shown in the summary."),
+    progress: bool = PROGRESS,
+    as_json: bool = JSON,
+) -> None:
+    """Rank every labelled row by how likely its label is wrong; write label_issues.parquet.
+
+    Scores are out-of-fold (K folds grouped by item) from fast heads on cached frozen features,
+    scored per level with cleanlab along the taxonomy: score = 1 - P(given path), the suggested
+    path is the best valid path, level the first level where they part. Also flags near-identical
+    photos with different labels and photos far from all others. Review the file with the review
+    page, then apply the decisions with `dataset relabel`.
+
+    Example: fashion-tagger audit data/products --folds 5 --json
+    """
+    from fashion_tagger.evaluation.audit import AuditConfig, audit
+
+    result = audit(
+        directory,
+        run_dir=run,
+        config=AuditConfig(folds=folds, threshold=threshold, seed=seed),
+        progress=progress,
+    )
+    if as_json:
+        print_json(result.to_dict())
+        return
+    console.print(
+        f"[bold]{result.issues:,}[/] of {result.rows:,} rows flagged; written to {result.path}"
+    )
+    console.print(
+        f"features: {result.backbone}, {result.embedded_now:,} images embedded now; "
+        f"{result.seconds.get('features', 0):.0f} s features, "
+        f"{result.seconds.get('scoring', 0):.0f} s scoring"
+    )
+    counts = Table("kind", "rows", title="issues by kind")
+    for kind, n in result.by_kind.items():
+        counts.add_row(kind, f"{n:,}")
+    console.print(counts)
+    levels = Table("level", "rows", title="issues by first level of disagreement")
+    for level, n in result.by_level.items():
+        levels.add_row(level, f"{n:,}")
+    console.print(levels)
+    table = Table("score", "kind", "item", "given", "suggested", title=f"top {top} issues")
+    for row in result.top[:top]:
+        table.add_row(
+            f"{row['score']:.3f}",
+            row["kind"],
+            row["item_id"],
+            " > ".join(row["given"]),
+            " > ".join(row["suggested"]),
+        )
+    console.print(table)
+
+
+@dataset_app.command("relabel")
+def relabel_cmd(
+    directory: Path = DIR,
+    decisions: Path = typer.Option(
+        ..., "--decisions", help="The review page's decisions file (JSON)."
+    ),
+    as_json: bool = JSON,
+) -> None:
+    """Apply a review's accepted label fixes; old labels stay in each row's meta.
+
+    Each changed row keeps its previous labels in meta.label_history; every reviewed row records
+    its decision in meta.review; dataset.json lists each change set (sha256 of the decisions).
+    Applying the same file again changes nothing. A bad file changes nothing either.
+
+    Example: fashion-tagger dataset relabel data/products --decisions decisions.json
+    """
+    from fashion_tagger.dataset.relabel import relabel
+
+    result = relabel(directory, decisions)
+    if as_json:
+        print_json(result.to_dict())
+        return
+    if result.already_applied:
+        console.print(f"change set {result.change_set[:12]} was already applied; nothing to do")
+        return
+    console.print(
+        f"change set {result.change_set[:12]}: {result.changed:,} rows relabelled "
+        f"({result.unchanged:,} already right), {result.accepted:,} accepted, "
+        f"{result.rejected:,} rejected"
+    )
+    for path in result.new_paths:
+        console.print(f"new class: {' > '.join(path)}")
+
+
+@dataset_app.command("drop-issues")
+def drop_issues_cmd(
+    directory: Path = DIR,
+    min_score: float = typer.Option(
+        None, "--min-score", help="Only drop flagged rows scoring at least S."
+    ),
+    as_json: bool = JSON,
+) -> None:
+    """Drop the rows label_issues.parquet flags, except those a review decided on.
+
+    Run `fashion-tagger audit` first; rows accepted or rejected by `dataset relabel` stay.
+    The drop is recorded in dataset.json's history.
+
+    Example: fashion-tagger dataset drop-issues data/products --min-score 0.9
+    """
+    from fashion_tagger.dataset.relabel import drop_issues
+
+    result = drop_issues(directory, min_score=min_score)
+    if as_json:
+        print_json(result.to_dict())
+        return
+    kinds = ", ".join(f"{k} {v:,}" for k, v in result.dropped_by_kind.items()) or "none"
+    console.print(
+        f"dropped {result.dropped:,} rows ({kinds}); {result.kept_decided:,} flagged rows kept "
+        f"because reviewed; {result.images_before:,} -> {result.images_after:,} images"
+    )
