@@ -9,6 +9,7 @@ from fashion_tagger._version import __version__
 from fashion_tagger.dataset.core import Dataset
 from fashion_tagger.errors import FashionTaggerError
 from fashion_tagger.taxonomy import Taxonomy
+
 __all__ = [
     "Dataset",
     "FashionTaggerError",

@@ -19,8 +19,8 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from fashion_tagger._version import __version__
 from fashion_tagger._cpu import usable_cores
+from fashion_tagger._version import __version__
 from fashion_tagger.serving.metrics import Metrics
 from fashion_tagger.serving.routers import health, model, page, predict
 from fashion_tagger.serving.settings import Settings
