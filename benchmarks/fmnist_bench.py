@@ -202,7 +202,7 @@ def main() -> None:
     files = photos(args.photos)
     t = time.perf_counter()
     ways = inputs(files)
-    convert_ms = (time.perf_counter() - t) / len(files) * 1000 / 3
+    convert_ms = (time.perf_counter() - t) / len(files) * 1000 / (len(WAYS) - 1)
     classes = np.array([c for _, c in files])
     results: dict = {"photos": len(files), "per_class_n": {}, "seeds": []}
     for c in MAPPING:

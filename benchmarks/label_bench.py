@@ -110,7 +110,7 @@ def main() -> None:
     conf = np.array([ds.meta(i)["confidence"] for i in range(len(ds))])
     pred = [tuple(ds.meta(i)["predicted"]) for i in range(len(ds))]
     true = [truth[s] for s in ds.table.column("sha256").to_pylist()]
-    depth = len(ds.info.levels)
+    depth = max(len(t) for t in true)  # not ds.info.levels: empty while no row is labelled
     right = np.array([p == t for p, t in zip(pred, true, strict=True)])
     right_lvl = np.array(
         [[p[: d + 1] == t[: d + 1] for d in range(depth)] for p, t in zip(pred, true, strict=True)]
@@ -139,7 +139,7 @@ def main() -> None:
         "label_s": round(label_s, 1),
         "photos_per_s": round(len(ds) / label_s, 1),
         "summary_at_default": summary.to_dict() | {"skipped": len(summary.skipped)},
-        "levels": list(ds.info.levels),
+        "levels": list(Dataset.open(data).level_names),
         "thresholds": rows,
     }
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
