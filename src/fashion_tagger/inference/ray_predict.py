@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -218,10 +219,11 @@ class TaggerActor:
             run = RunDir.open(run_dir)
             self.tagger = Tagger(run.spec, TorchBackend(run, device=device), "torch")
         else:
-            import torch
-
-            torch.set_num_threads(max(1, threads))
             self.tagger = Tagger.load(run_dir, backend=backend)
+            if self.tagger.backend_name == "torch":  # torch is imported by then; ONNX is not
+                import torch
+
+                torch.set_num_threads(threads)
         self.top_k = top_k
 
     def __call__(self, batch: dict[str, np.ndarray]):
@@ -279,9 +281,11 @@ def _write_partition(out: _Out, name: str, tables: list) -> int:
     return sum(1 for e in table.column("error").to_pylist() if e is not None)
 
 
-def _run_pipeline(ray, parts, pending, run_dir, spec, out: _Out, options) -> int:
+def _run_pipeline(
+    ray, parts, pending, run_dir, spec, out: _Out, options
+) -> tuple[int, float | None]:
     """Decode tasks -> actor pool -> the driver, which writes each partition once complete;
-    returns the number of unreadable images."""
+    returns the number of unreadable images and the seconds until the first rows came back."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -302,7 +306,7 @@ def _run_pipeline(ray, parts, pending, run_dir, spec, out: _Out, options) -> int
         decode_batch,
         fn_kwargs={"spec": spec},
         batch_format="numpy",
-        num_cpus=1,
+        num_cpus=options["decode_cpus"],
         ray_remote_args_fn=_spread,
     )
     gpus = options["num_gpus"]
@@ -319,7 +323,7 @@ def _run_pipeline(ray, parts, pending, run_dir, spec, out: _Out, options) -> int
             "backend": options["backend"],
             "top_k": options["top_k"],
             "device": "cuda" if gpus else "cpu",
-            "threads": options["cpus_per_actor"],
+            "threads": max(1, math.ceil(options["cpus_per_actor"])),
         },
         batch_size=options["batch_size"],
         batch_format="numpy",
@@ -330,7 +334,11 @@ def _run_pipeline(ray, parts, pending, run_dir, spec, out: _Out, options) -> int
     waiting: dict[int, list] = {k: [] for k in pending}
     have = dict.fromkeys(pending, 0)
     errors = 0
+    started = time.perf_counter()
+    first_rows_s = None
     for batch in data.iter_batches(batch_format="pyarrow", batch_size=None):
+        if first_rows_s is None:  # the job's fixed cost: workers and actors starting
+            first_rows_s = round(time.perf_counter() - started, 2)
         for k in set(batch.column("_part").to_pylist()):
             piece = batch.filter(pc.equal(batch.column("_part"), k))
             waiting[k].append(piece)
@@ -339,7 +347,7 @@ def _run_pipeline(ray, parts, pending, run_dir, spec, out: _Out, options) -> int
                 errors += _write_partition(out, PART_PATTERN.format(k), waiting.pop(k))
     if waiting:  # every row comes back once; anything else is a bug, not a user error
         raise RuntimeError(f"partitions {sorted(waiting)} did not receive all their rows")
-    return errors
+    return errors, first_rows_s
 
 
 def predict_ray(
@@ -350,11 +358,12 @@ def predict_ray(
     address: str | None = None,
     concurrency: int | tuple[int, int] = 1,
     num_gpus: float = 0,
-    batch_size: int = 64,
+    batch_size: int = 256,
     backend: str = "auto",
     top_k: int = 5,
     partition_size: int = 1000,
-    cpus_per_actor: int = 1,
+    cpus_per_actor: float = 1,
+    decode_cpus: float = 1,
     num_cpus: int | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
@@ -365,13 +374,17 @@ def predict_ray(
             joined, else a new local one (of `num_cpus` CPUs).
         concurrency: model actors (or `(min, max)` to autoscale), each holding one model.
         num_gpus: GPUs per actor; with GPUs the torch model runs on CUDA.
-        batch_size: images per model call (and per decode task).
+        batch_size: images per model call and per decode task (256 measured best on 2 cores:
+            fewer tasks and object transfers; see benchmarks/ray_bench.py).
         partition_size: images per output file; the unit of resuming.
-        cpus_per_actor: CPUs each actor reserves (and its torch threads).
+        cpus_per_actor: CPUs each actor reserves (and its torch threads); below 1 when the
+            model is light next to decoding, so the decode tasks get more of the CPUs.
+        decode_cpus: CPUs each decode task reserves (below 1 runs more of them per core).
 
     Returns:
-        A summary: images, errors, partitions, `written` and `skipped` partition names, out,
-        backend, seconds.
+        A summary: images, errors (in the partitions written now), partitions, `written` and
+        `skipped` partition names, out, backend, seconds, and `first_rows_s` (the job's
+        start-up: seconds until the first rows came back from the actors).
 
     Example:
         >>> predict_ray("runs/p1", "s3://bucket/photos/", "preds/", address="auto", concurrency=8)
@@ -397,7 +410,7 @@ def predict_ray(
         },
     )
     pending = [k for k, n in enumerate(names) if not out.exists(n)]
-    errors = 0
+    errors, first_rows_s = 0, None
     if pending:
         ray, started = _ray(address, num_cpus)
         try:
@@ -409,13 +422,17 @@ def predict_ray(
                 "num_gpus": num_gpus,
                 "concurrency": concurrency,
                 "cpus_per_actor": cpus_per_actor,
+                "decode_cpus": decode_cpus,
             }
-            errors = _run_pipeline(ray, parts, pending, run_dir, tagger.spec, out, options)
+            errors, first_rows_s = _run_pipeline(
+                ray, parts, pending, run_dir, tagger.spec, out, options
+            )
         finally:
             if started:
                 ray.shutdown()
     return {
         "engine": "ray",
+        "first_rows_s": first_rows_s,
         "images": len(paths),
         "errors": errors,
         "partitions": len(parts),
