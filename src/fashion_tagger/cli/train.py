@@ -50,11 +50,33 @@ MESSAGES = _opt(
 )
 HEAD_WD = _opt(_M.head_weight_decay, "--head-weight-decay", help="L2 of the head branches.")
 FREEZE_EPOCHS = _opt(
-    _M.freeze_backbone_epochs, "--freeze-backbone-epochs", help="Heads only for N epochs, then all."
+    _M.freeze_backbone_epochs,
+    "--freeze-backbone-epochs",
+    help="Heads only for N epochs, then all (default: 1 with pretrained weights, else 0).",
 )
 FREEZE = _opt(_M.freeze_backbone, "--freeze-backbone", help="Train heads only, on cached features.")
+BACKBONE_LR = _opt(
+    _M.backbone_lr_scale,
+    "--backbone-lr-scale",
+    help="Backbone LR as a share of the heads' (default: 0.1 with pretrained weights, else 1).",
+)
+FREEZE_BN = _opt(
+    _M.freeze_bn,
+    "--freeze-bn/--no-freeze-bn",
+    help="Keep the backbone's batch-norm statistics (default: on when pretrained and batches < 16).",
+)
+CHANNELS_LAST = _opt(
+    _M.channels_last,
+    "--channels-last/--no-channels-last",
+    help="NHWC memory layout (default: on for timm backbones, faster on CPU).",
+)
 PRETRAINED = _opt(_M.pretrained, "--pretrained", help="timm's ImageNet weights (online).")
-WEIGHTS = _opt(None, "--weights", help="Local backbone weights (safetensors / state dict).")
+WEIGHTS = _opt(
+    None,
+    "--weights",
+    help="Pretrained backbone weights: lite0 (installed, offline), lite1, lite2, timm (online), "
+    "a local safetensors / state dict file, or none.",
+)
 CLASS_WEIGHTS = _opt(
     _D.class_weights,
     "--class-weights",
@@ -68,6 +90,8 @@ SMOOTHING = _opt(
     _T.label_smoothing, "--label-smoothing", help="Label smoothing of the level losses (e.g. 0.1)."
 )
 PRECISION = _opt(_T.precision, "--precision", help="Lightning precision, e.g. bf16-mixed.")
+ACCELERATOR = _opt(_T.accelerator, "--accelerator", help="Lightning accelerator: auto, cpu, gpu.")
+STRATEGY = _opt(_T.strategy, "--strategy", help="Lightning strategy: auto, ddp, fsdp ...")
 DEVICES = _opt(str(_T.devices), "--devices", help="Devices per node (auto, N).")
 NUM_NODES = _opt(_T.num_nodes, "--num-nodes", help="Machines for multi-node DDP.")
 SEED = _opt(_T.seed, "--seed", help="Same seed, same initial weights and batch order.")
@@ -112,13 +136,18 @@ def train_cmd(
     head_weight_decay: float = HEAD_WD,
     freeze_backbone_epochs: int = FREEZE_EPOCHS,
     freeze_backbone: bool = FREEZE,
+    backbone_lr_scale: float = BACKBONE_LR,
+    freeze_bn: bool = FREEZE_BN,
+    channels_last: bool = CHANNELS_LAST,
     pretrained: bool = PRETRAINED,
-    weights: Path = WEIGHTS,
+    weights: str = WEIGHTS,
     class_weights: str = CLASS_WEIGHTS,
     augment: bool = AUGMENT,
     augment_light: bool = AUGMENT_LIGHT,
     label_smoothing: float = SMOOTHING,
     precision: str = PRECISION,
+    accelerator: str = ACCELERATOR,
+    strategy: str = STRATEGY,
     devices: str = DEVICES,
     num_nodes: int = NUM_NODES,
     seed: int = SEED,
@@ -132,7 +161,9 @@ def train_cmd(
 ) -> None:
     """Train a hierarchical classifier (backbone + unified/multi/flat head) into a run dir.
 
-    Example: fashion-tagger train data/products --out runs/p1 --image-size 80x64 --epochs 10 --augment
+    Example: fashion-tagger train data/products --out runs/p1 --weights lite0 --max-time 30
+
+    From scratch: fashion-tagger train data/products --out runs/s1 --image-size 80x64 --epochs 10
     """
     from fashion_tagger.training.train import train
 
@@ -153,16 +184,23 @@ def train_cmd(
             model=ModelConfig(
                 backbone=backbone, head=head, hidden=hidden, dropout=dropout, messages=messages,
                 head_weight_decay=head_weight_decay, pretrained=pretrained,
-                weights=str(weights) if weights else None, freeze_backbone=freeze_backbone,
+                weights=weights, freeze_backbone=freeze_backbone,
                 freeze_backbone_epochs=freeze_backbone_epochs,
+                backbone_lr_scale=backbone_lr_scale, freeze_bn=freeze_bn,
+                channels_last=channels_last,
             ),
             epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
             schedule=schedule, label_smoothing=label_smoothing, precision=precision,
+            accelerator=accelerator, strategy=strategy,
             devices=_devices(devices), num_nodes=num_nodes, seed=seed, max_time=max_time,
             checkpoint_every=checkpoint_every, train_fraction=train_fraction, progress=progress,
         )  # fmt: skip
         run = train(dataset_dir, out, config)
-    _print_run(run, as_json)
+    if run.config:  # rank 0 of a distributed run, or a single process: it owns the run dir
+        from fashion_tagger.evaluation.curves import draw_curves
+
+        draw_curves(run.path)
+        _print_run(run, as_json)
 
 
 def _print_run(run, as_json: bool) -> None:

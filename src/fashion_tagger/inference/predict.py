@@ -17,7 +17,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import IO, Any
 
-from fashion_tagger import _progress
+from fashion_tagger import _progress, storage
 from fashion_tagger._io import atomic_path
 from fashion_tagger.dataset.images import EXTENSIONS
 from fashion_tagger.errors import FashionTaggerError
@@ -41,6 +41,9 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     """
     out: list[Path] = []
     for item in inputs:
+        if storage.is_url(str(item)):  # a folder, glob or dataset dir on object storage
+            out.extend(storage.local_copies(str(item), EXTENSIONS))
+            continue
         p = Path(item)
         if p.is_dir():
             out.extend(

@@ -12,9 +12,8 @@ from typing import Any
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from fashion_tagger.model.spec import ModelError
+from fashion_tagger.model.spec import SIMPLE_CNN, ModelError
 
-SIMPLE_CNN = "simple-cnn"
 SIMPLE_CNN_SIZE = (64, 64)
 """Default input (H, W) of `simple-cnn`; fashion-product-images-small is 80x60, use 80x64."""
 

@@ -14,6 +14,9 @@ from typing import Any, ClassVar, TypeVar
 from fashion_tagger.errors import FashionTaggerError, RunDirError
 from fashion_tagger.taxonomy import Taxonomy, TaxonomyError
 
+SIMPLE_CNN = "simple-cnn"
+"""Our small CNN backbone for tiny images (trained from scratch); every other name is timm's."""
+
 DEFAULT_THRESHOLD = 0.75
 """Attribute threshold when none was calibrated (the value of Ferreira et al. 2018)."""
 

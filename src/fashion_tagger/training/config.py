@@ -8,7 +8,7 @@ names the command-line flag to change.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from fashion_tagger.errors import FashionTaggerError
 from fashion_tagger.model.spec import (
     DEFAULT_HEAD,
     RESIZE_MODES,
+    SIMPLE_CNN,
     HeadSpec,
     ModelError,
     head_kinds,
@@ -26,6 +27,12 @@ from fashion_tagger.model.spec import (
 SCHEDULES = ("onecycle", "cosine", "constant")
 CLASS_WEIGHTS = ("inverse", "sqrt", "none")
 AUGMENT = ("none", "light", "full")
+PRETRAINED_BACKBONE_LR_SCALE = 0.1
+"""The fine-tuning recipe's backbone learning rate, as a share of the heads'."""
+PRETRAINED_SIZE = (128, 96)
+"""The recipe's input (H, W) for a pretrained backbone without --image-size: the product photos
+are 80x60, and 128x96 keeps their aspect at a size where ImageNet filters work, at about half the
+CPU cost of 160x120 (BENCHMARKS.md). On a GPU, give --image-size 224."""
 
 
 class ConfigError(FashionTaggerError):
@@ -42,8 +49,9 @@ class DataConfig:
     """How images become batches.
 
     Attributes:
-        image_size: (H, W) to train at; None = the backbone's default (timm pretrained_cfg, or
-            64x64 for simple-cnn). `--image-size`.
+        image_size: (H, W) to train at; None = 128x96 for a pretrained backbone (the recipe's),
+            else the backbone's default (timm pretrained_cfg, or 64x64 for simple-cnn).
+            `--image-size`.
         channels: 3 (RGB) or 1 (grey). `--channels`.
         resize: "squash" (stretch) or "pad" (keep aspect, pad white). `--resize`.
         augment: train-time augmentation of train batches only: "full" = random flip,
@@ -105,16 +113,31 @@ class ModelConfig:
             it; measured 0.4 point lower on articleType, see BENCHMARKS.md). `--messages`.
         head_weight_decay: L2 penalty on the head branches (5e-4 in the paper).
             `--head-weight-decay`.
-        pretrained: start from timm's ImageNet weights (needs network). `--pretrained`.
-        weights: a local backbone weights file (safetensors or torch state dict), offline.
-            `--weights`.
+        pretrained: start from timm's ImageNet weights (needs network); the same as
+            `--weights timm`. `--pretrained`.
+        weights: where the backbone's pretrained weights come from: an installed weights
+            package by alias (`lite0`: ImageNet EfficientNet-Lite0, offline), `timm` (timm's
+            hub, online), or a local file (safetensors or a torch state dict; another
+            implementation's key names go through a declared converter). With an alias and the
+            default backbone, the backbone becomes the alias's architecture. `none` = from
+            scratch. `--weights`.
         freeze_backbone: backbone frozen throughout; features computed once and cached; only
             the heads train (seconds). `--freeze-backbone`.
-        freeze_backbone_epochs: heads only for this many epochs, then everything (fine-tune).
+        freeze_backbone_epochs: heads only for this many epochs, then everything (fine-tune);
+            None = the recipe's (1 with pretrained weights and 3 or more epochs, else 0).
             `--freeze-backbone-epochs`.
+        backbone_lr_scale: the backbone's learning rate as a share of the heads' (discriminative
+            learning rates); None = the recipe's (0.1 with pretrained weights, else 1).
+            `--backbone-lr-scale`.
+        freeze_bn: keep the backbone's batch-norm statistics fixed while fine-tuning; None = the
+            recipe's (on with pretrained weights and batches under 16 images, whose statistics
+            are too noisy to replace ImageNet's). `--freeze-bn/--no-freeze-bn`.
+        channels_last: NHWC memory layout for the backbone; None = on for timm backbones (45 %
+            faster for a Lite0 step on CPU, BENCHMARKS.md), off for simple-cnn.
+            `--channels-last/--no-channels-last`.
     """
 
-    backbone: str = "simple-cnn"
+    backbone: str = SIMPLE_CNN
     head: str = DEFAULT_HEAD
     hidden: int = 1024
     dropout: float = 0.3
@@ -123,7 +146,10 @@ class ModelConfig:
     pretrained: bool = False
     weights: str | None = None
     freeze_backbone: bool = False
-    freeze_backbone_epochs: int = 0
+    freeze_backbone_epochs: int | None = None
+    backbone_lr_scale: float | None = None
+    freeze_bn: bool | None = None
+    channels_last: bool | None = None
 
     def __post_init__(self) -> None:
         _check(bool(self.backbone), "--backbone must name a model")
@@ -138,9 +164,38 @@ class ModelConfig:
             "--pretrained and --weights both give backbone weights: pick one",
         )
         if self.weights is not None:
-            object.__setattr__(self, "weights", str(self.weights))
-            _check(Path(self.weights).is_file(), f"--weights {self.weights}: no such file")
-        _check(self.freeze_backbone_epochs >= 0, "--freeze-backbone-epochs must be 0 or more")
+            self._resolve_weights(str(self.weights))
+        _check(
+            self.freeze_backbone_epochs is None or self.freeze_backbone_epochs >= 0,
+            "--freeze-backbone-epochs must be 0 or more",
+        )
+        _check(
+            self.backbone_lr_scale is None or 0 < self.backbone_lr_scale <= 10,
+            "--backbone-lr-scale must be in (0, 10], e.g. 0.1",
+        )
+
+    def _resolve_weights(self, weights: str) -> None:
+        """`none` means from scratch; an alias picks its architecture for the default backbone."""
+        if weights.lower() == "none":
+            object.__setattr__(self, "weights", None)
+            return
+        object.__setattr__(self, "weights", weights)
+        if Path(weights).expanduser().is_file():
+            return
+        from fashion_tagger.model.weights import TIMM, list_weights, weights_source
+
+        _check(
+            weights in list_weights(),
+            f"--weights {weights}: no such file, and not one of {', '.join(list_weights())} "
+            "(or none)",
+        )
+        if weights != TIMM and self.backbone == SIMPLE_CNN:  # the default: follow the weights
+            object.__setattr__(self, "backbone", weights_source(weights).arch)
+
+    @property
+    def has_pretrained(self) -> bool:
+        """Whether the backbone starts from pretrained weights (what the recipe keys on)."""
+        return self.pretrained or self.weights is not None
 
     def head_spec(self) -> HeadSpec:
         """The typed spec of the chosen head, with the options of this config that it has."""
@@ -183,6 +238,8 @@ class TrainConfig:
         schedule: onecycle, cosine or constant. `--schedule`.
         label_smoothing: of the level losses (0 = off). `--label-smoothing`.
         precision: Lightning precision ("32-true", "bf16-mixed", "16-mixed"). `--precision`.
+        accelerator, strategy: passed to Lightning's Trainer as they are ("cpu", "gpu";
+            "ddp", "ddp_spawn", "fsdp" ...). `--accelerator`, `--strategy`.
         devices, num_nodes: Lightning Trainer devices and nodes (DDP when more than one).
             `--devices`, `--num-nodes`.
         seed: for splits of batches, initialisation and augmentation. `--seed`.
@@ -208,6 +265,8 @@ class TrainConfig:
     schedule: str = "onecycle"
     label_smoothing: float = 0.0
     precision: str = "32-true"
+    accelerator: str = "auto"
+    strategy: str = "auto"
     devices: int | str = "auto"
     num_nodes: int = 1
     seed: int = 0
@@ -241,6 +300,27 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def with_recipe(self) -> TrainConfig:
+        """This config with every recipe option left as None filled in (`ModelConfig` says
+        how). The run saves the result, so a resume and model.json show what was used."""
+        m, pre = self.model, self.model.has_pretrained
+        freeze = m.freeze_backbone_epochs
+        if freeze is None:
+            freeze = 1 if pre and not m.freeze_backbone and self.epochs >= 3 else 0
+        data = self.data
+        if data.image_size is None and pre and m.backbone != SIMPLE_CNN:
+            data = replace(data, image_size=PRETRAINED_SIZE)
+        model = replace(
+            m,
+            freeze_backbone_epochs=freeze,
+            backbone_lr_scale=m.backbone_lr_scale or (PRETRAINED_BACKBONE_LR_SCALE if pre else 1.0),
+            freeze_bn=m.freeze_bn if m.freeze_bn is not None else pre and self.batch_size < 16,
+            channels_last=(
+                m.channels_last if m.channels_last is not None else m.backbone != SIMPLE_CNN
+            ),
+        )
+        return replace(self, data=data, model=model)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:

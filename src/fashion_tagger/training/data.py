@@ -133,7 +133,8 @@ def load_split(
         with np.load(cache) as z:
             pixels, ok = z["images"], z["ok"]
     else:
-        pixels, ok = decode_images(ds.root, rels, spec, workers, progress, split)
+        root = part.local_images(progress=progress)  # fetched first when on object storage
+        pixels, ok = decode_images(root, rels, spec, workers, progress, split)
         cache.parent.mkdir(parents=True, exist_ok=True)
         from fashion_tagger._io import atomic_path
 

@@ -96,7 +96,7 @@ class TaggerModule(pl.LightningModule):
 
     def _freeze_now(self) -> bool:
         m = self.config.model
-        return m.freeze_backbone or self.current_epoch < m.freeze_backbone_epochs
+        return m.freeze_backbone or self.current_epoch < (m.freeze_backbone_epochs or 0)
 
     def on_train_epoch_start(self) -> None:
         frozen = self._freeze_now() and not self.features_input
@@ -104,6 +104,10 @@ class TaggerModule(pl.LightningModule):
             p.requires_grad_(not frozen)
         if frozen:
             self.model.backbone.eval()  # keep BatchNorm statistics of the pretrained weights
+        elif self.config.model.freeze_bn:  # small batches: ImageNet's statistics beat theirs
+            for layer in self.model.backbone.modules():
+                if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):
+                    layer.eval()
 
     # -- steps ----------------------------------------------------------------------------------
     def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
@@ -153,22 +157,29 @@ class TaggerModule(pl.LightningModule):
     # -- optimisation ---------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
         cfg = self.config
-        head_params = [p for p in self.model.head.parameters()]
-        groups = [
-            {"params": head_params, "weight_decay": cfg.model.head_weight_decay},
-        ]
+        # discriminative learning rates: a pretrained backbone moves less than the new heads
+        lrs = [self.lr]
+        groups = [{"params": list(self.model.head.parameters()), "lr": self.lr,
+                   "weight_decay": cfg.model.head_weight_decay}]  # fmt: skip
         if not self.features_input:
-            groups.append(
-                {"params": list(self.model.backbone.parameters()), "weight_decay": cfg.weight_decay}
-            )
+            lrs.append(self.lr * (cfg.model.backbone_lr_scale or 1.0))
+            groups.append({"params": list(self.model.backbone.parameters()), "lr": lrs[-1],
+                           "weight_decay": cfg.weight_decay})  # fmt: skip
         opt = torch.optim.AdamW(groups, lr=self.lr)
-        if cfg.schedule == "constant":
-            return opt
         total = max(1, int(self.trainer.estimated_stepping_batches))
+        if cfg.schedule == "constant" or (cfg.schedule == "onecycle" and total < 2):
+            return opt  # one step has no cycle to follow
         if cfg.schedule == "onecycle":
             sched = torch.optim.lr_scheduler.OneCycleLR(
-                opt, max_lr=self.lr, total_steps=total, pct_start=0.25
+                opt, max_lr=lrs, total_steps=total, pct_start=onecycle_warmup(total)
             )
         else:
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def onecycle_warmup(total_steps: int) -> float:
+    """OneCycle's warm-up share: a quarter of the steps, but long enough that both phases span
+    more than one step (OneCycleLR divides by each phase's length: 4 steps at 0.25 gave a
+    warm-up of zero steps and a ZeroDivisionError)."""
+    return min(0.75, max(0.25, 1.5 / total_steps))

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -35,17 +37,22 @@ from fashion_tagger.model.load import FashionModel, build_model
 from fashion_tagger.model.preprocess import normalize_tensor
 from fashion_tagger.model.rundir import RunDir, RunPaths, save_model
 from fashion_tagger.model.spec import ModelSpec
-from fashion_tagger.model.weights import load_backbone_weights
+from fashion_tagger.model.weights import LoadedWeights, load_backbone_weights, resolve_weights
 from fashion_tagger.training import data as tdata
 from fashion_tagger.training.callbacks import ClockSchedule, EpochLog, StepTimer
-from fashion_tagger.training.config import TrainConfig, parse_max_time
+from fashion_tagger.training.config import ConfigError, TrainConfig, parse_max_time
 from fashion_tagger.training.module import TaggerModule
 
 
-def resolve_spec(ds: Dataset, config: TrainConfig) -> ModelSpec:
-    """The model's input/taxonomy/attribute spec from the dataset and the config."""
+def resolve_spec(
+    ds: Dataset, config: TrainConfig, weights: LoadedWeights | None = None
+) -> ModelSpec:
+    """The model's input/taxonomy/attribute spec from the dataset and the config; the
+    normalisation is the one the pretrained weights were trained with, when they say."""
     m, d = config.model, config.data
     defaults = backbone_data_config(m.backbone, d.channels)
+    if weights is not None and weights.mean and weights.std and d.channels == 3:
+        defaults = {**defaults, "mean": tuple(weights.mean), "std": tuple(weights.std)}
     return ModelSpec(
         model_id="",
         backbone={
@@ -156,6 +163,23 @@ def _find_lr(
     return lr
 
 
+class _NoTips(logging.Filter):
+    """Drops Lightning's advertisements ("Tip: ... litlogger"), which are not about the run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in record.getMessage()
+
+
+def _quiet_lightning() -> None:
+    """Keep Lightning's noise off the user's terminal: its product tips and a deprecation
+    warning raised inside Lightning itself (`LeafSpec`), which no user of ours can act on."""
+    log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _NoTips) for f in log.filters):
+        log.addFilter(_NoTips())
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated")
+    warnings.filterwarnings("ignore", message=r".*smaller than the logging interval")
+
+
 # -- the stage --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Prepared:
@@ -171,6 +195,7 @@ class Prepared:
     train: tdata.SplitArrays
     val: tdata.SplitArrays
     unreadable: int
+    weights: LoadedWeights | None
 
 
 @dataclass(frozen=True)
@@ -200,6 +225,7 @@ def train(
         >>> run = train("data/products", "runs/p1", TrainConfig(epochs=5))
         >>> run.config["metrics"]["val_acc_leaf"]
     """
+    _quiet_lightning()
     prep = _prepare(dataset_dir, RunPaths(Path(run_dir)), config, resume)
     module, train_in, val_in = _build(prep)
     fitted = _fit(prep, module, train_in, val_in, callbacks)
@@ -234,17 +260,19 @@ def _prepare(
 ) -> Prepared:
     """Step 1: config, spec, the saved train config, and both splits decoded into memory."""
     dataset_dir, config = _resolve_config(dataset_dir, paths, config, resume)
+    config = config.with_recipe()
     pl.seed_everything(config.seed, workers=True, verbose=False)
     ds = Dataset.open(dataset_dir)
-    spec = resolve_spec(ds, config)
+    m = config.model
+    source = m.weights or ("timm" if m.pretrained else None)
+    weights = resolve_weights(source, m.backbone) if source else None
+    spec = resolve_spec(ds, config, weights)
     # the saved config is the resolved one: the backbone's default size written out
     config = replace(config, data=replace(config.data, image_size=spec.input_size))
     paths.path.mkdir(parents=True, exist_ok=True)
     if not resume:
-        write_json_atomic(
-            paths.train_config,
-            {"dataset_dir": str(dataset_dir.resolve()), "config": config.to_dict()},
-        )
+        location = ds.location or str(dataset_dir.resolve())
+        write_json_atomic(paths.train_config, {"dataset_dir": location, "config": config.to_dict()})
     cache_dir = Path(config.data.cache_dir) if config.data.cache_dir else paths.cache
     split_args = dict(
         spec=spec, cache_dir=cache_dir, workers=config.data.workers, progress=config.progress
@@ -253,7 +281,7 @@ def _prepare(
     val_arr, bad_val = tdata.load_split(ds, config.data.val_split, **split_args)
     return Prepared(
         dataset_dir, ds, paths, config, spec, resume, cache_dir, train_arr, val_arr,
-        bad_train + bad_val,
+        bad_train + bad_val, weights,
     )  # fmt: skip
 
 
@@ -261,17 +289,19 @@ def _build(prep: Prepared) -> tuple[TaggerModule, np.ndarray, np.ndarray]:
     """Step 2: the model with its backbone weights, and the module's inputs (pixels, or
     backbone features computed once for `--freeze-backbone`)."""
     config, spec, m = prep.config, prep.spec, prep.config.model
+    _check_batch_norm(prep)
     weights = tdata.class_weights(prep.train.levels, spec.taxonomy.sizes, config.data.class_weights)
-    model = build_model(spec, pretrained=m.pretrained)
-    if m.weights:
-        load_backbone_weights(model.backbone, m.weights)
+    model = build_model(spec)
+    if prep.weights is not None:
+        load_backbone_weights(model.backbone, prep.weights)
+    if m.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     if not m.freeze_backbone:
         module = TaggerModule(model, spec, config, weights)
         return module, prep.train.images, prep.val.images
+    sha = prep.weights.sha256 if prep.weights else None
     key = hashlib.sha256(
-        json.dumps(
-            [m.backbone, m.pretrained, m.weights, list(spec.input_size), _fingerprint(prep.ds)]
-        ).encode()
+        json.dumps([m.backbone, sha, list(spec.input_size), _fingerprint(prep.ds)]).encode()
     ).hexdigest()[:16]
     feats = [
         _cached_features(model, arrays, spec, config, prep.cache_dir, split, key)
@@ -279,6 +309,18 @@ def _build(prep: Prepared) -> tuple[TaggerModule, np.ndarray, np.ndarray]:
     ]
     module = TaggerModule(model, spec, config, weights, features_input=True)
     return module, feats[0], feats[1]
+
+
+def _check_batch_norm(prep: Prepared) -> None:
+    """Batch-norm cannot train on one image a step: say so instead of failing inside torch."""
+    m = prep.config.model
+    if min(prep.config.batch_size, len(prep.train)) >= 2 or m.freeze_backbone or m.freeze_bn:
+        return
+    raise ConfigError(
+        f"each training step would see 1 image (--batch-size {prep.config.batch_size}, "
+        f"{len(prep.train)} train images), and the backbone's batch-norm layers need 2 or more: "
+        "use --batch-size 2 or more on at least 2 train images, or --freeze-bn"
+    )
 
 
 def _callbacks(prep: Prepared) -> tuple[list[pl.Callback], pl.Callback, StepTimer]:
@@ -323,7 +365,8 @@ def _trainer(prep: Prepared, callbacks: list[pl.Callback]) -> pl.Trainer:
     clocked = bool(max_time) and config.schedule != "constant"
     return pl.Trainer(
         default_root_dir=paths.path,
-        accelerator="auto",
+        accelerator=config.accelerator,
+        strategy=config.strategy,
         devices=config.devices,
         num_nodes=config.num_nodes,
         precision=config.precision,
@@ -423,7 +466,7 @@ def _finalise(prep: Prepared, module: TaggerModule, fitted: Fitted) -> RunDir:
             "throughput": fitted.timer.summary(),
         },
         "data": {
-            "dataset": str(prep.dataset_dir),
+            "dataset": prep.ds.location or str(prep.dataset_dir),
             "fingerprint": _fingerprint(prep.ds),
             "counts": {
                 "train": len(prep.train),
@@ -432,8 +475,10 @@ def _finalise(prep: Prepared, module: TaggerModule, fitted: Fitted) -> RunDir:
             },
         },
         "metrics": dict(best_row),
+        "weights": prep.weights.describe() if prep.weights else None,
     }
-    run = save_model(prep.paths.path, module.model.cpu(), prep.spec, extra)
+    model = module.model.cpu().to(memory_format=torch.contiguous_format)
+    run = save_model(prep.paths.path, model, prep.spec, extra)
     if not config.data.cache_dir:  # the default cache only serves a resume; the run is done
         shutil.rmtree(prep.cache_dir, ignore_errors=True)
     return run
