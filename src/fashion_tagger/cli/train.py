@@ -37,7 +37,12 @@ BACKBONE = _opt(_M.backbone, "--backbone", help="simple-cnn or any timm model na
 HEAD = _opt(_M.head, "--head", help=f"{', '.join(head_kinds())}.")
 IMAGE_SIZE = _opt(None, "--image-size", help="N or HxW (default: the backbone's).")
 CHANNELS = _opt(_D.channels, "--channels", help="3 (RGB) or 1 (grey).")
-RESIZE = _opt(_D.resize, "--resize", help="squash, or pad (keep the aspect, pad white).")
+RESIZE = _opt(
+    _D.resize,
+    "--resize",
+    help="squash; pad (keep the aspect, pad white); or fashion-mnist (Zalando's conversion, for a "
+    "model trained on Fashion-MNIST that tags real product photos).",
+)
 EPOCHS = _opt(_T.epochs, "--epochs", help="Passes over the train split.")
 BATCH_SIZE = _opt(_T.batch_size, "--batch-size", help="Images per training step.")
 LR = _opt(str(_T.lr), "--lr", help="Peak learning rate, or auto (LR finder).")

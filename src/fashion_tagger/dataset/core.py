@@ -83,9 +83,12 @@ class Dataset:
         """Write items.parquet, then dataset.json with fresh counts (each atomically, or in one
         PUT on object storage), so dataset.json only ever describes a complete manifest."""
         stamp = manifest.now()
+        # the labelled rows may not reach every level yet (an auto-labelled dataset whose rows
+        # all wait for review): keep the level names dataset.json already has
+        levels = max(self.level_names, tuple(self.info.levels), key=len)
         info = replace(
             self.info,
-            levels=self.level_names,
+            levels=levels,
             attribute_groups=tuple(self.attribute_groups),
             counts={
                 "images": self.table.num_rows,
@@ -164,6 +167,12 @@ class Dataset:
     def split(self, name: str) -> Dataset:
         """Only the rows of one split (`train`, `val`, `test`)."""
         mask = pc.equal(self.table.column("split"), name)
+        return replace(self, table=self.table.filter(mask))
+
+    def labelled(self) -> Dataset:
+        """Only the rows that carry a label path (auto-labelled rows waiting for review have
+        none)."""
+        mask = pc.greater(pc.list_value_length(self.table.column("labels")), 0)
         return replace(self, table=self.table.filter(mask))
 
     def meta(self, i: int) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from fashion_tagger.dataset import images
+from fashion_tagger.model.fashion_mnist import to_fashion_mnist
 from fashion_tagger.model.spec import ModelSpec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -27,7 +28,10 @@ PAD_FILL = 255
 
 
 def resize(img: Image.Image, size: tuple[int, int], mode: str = "squash") -> Image.Image:
-    """Resize to (H, W): stretch (`squash`) or fit inside and pad with white (`pad`)."""
+    """Resize to (H, W): stretch (`squash`), fit inside and pad with white (`pad`), or the
+    Fashion-MNIST conversion (`fashion-mnist`; a converted image passes unchanged)."""
+    if mode == "fashion-mnist":
+        return to_fashion_mnist(img, size).convert(img.mode)
     h, w = size
     if img.size == (w, h):
         return img

@@ -20,8 +20,10 @@ SIMPLE_CNN = "simple-cnn"
 DEFAULT_THRESHOLD = 0.75
 """Attribute threshold when none was calibrated (the value of Ferreira et al. 2018)."""
 
-RESIZE_MODES = ("squash", "pad")
-"""How an image reaches the input size: stretch it, or fit it inside and pad with white."""
+RESIZE_MODES = ("squash", "pad", "fashion-mnist")
+"""How an image reaches the input size: stretch it, fit it inside and pad with white, or
+Zalando's Fashion-MNIST conversion (trim, fit, sharpen, centre, negate, grey), which brings
+product photos into the domain of a model trained on Fashion-MNIST."""
 
 DEFAULT_HEAD = "unified"
 

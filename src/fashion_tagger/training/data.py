@@ -117,10 +117,10 @@ def load_split(
 ) -> tuple[SplitArrays, int]:
     """A split as arrays, decoded once and cached as .npy keyed by its images and the input
     spec; returns the arrays and the number of unreadable images dropped."""
-    part = ds.split(split)
+    part = ds.split(split).labelled()
     if len(part) == 0:
         raise DatasetError(
-            f"{ds.root} has no {split!r} images; split it first: "
+            f"{ds.root} has no labelled {split!r} images; split it first: "
             f"fashion-tagger dataset split {ds.root} --val 0.15 --test 0.15"
         )
     rels = part.table.column("image").to_pylist()
