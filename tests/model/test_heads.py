@@ -106,3 +106,27 @@ def test_a_head_refuses_an_option_it_does_not_have(kind: str) -> None:
         make_spec(kind).from_json({**make_spec(kind).to_json(), "head": {"kind": kind, "x": 1}})
     with pytest.raises(ModelError, match="--dropout"):
         head_spec(kind, dropout=1.5)
+
+
+@pytest.mark.parametrize("kind", list_heads())
+def test_every_parameter_gets_a_gradient(kind: str) -> None:
+    """DDP refuses a model with parameters no loss reaches; so do we."""
+    tax = Taxonomy.from_paths([["a", "x"], ["a", "y"], ["b", "z"]], ["l0", "l1"])
+    head = create_head(kind, 16, tax, 2, hidden=8)
+    out = head(torch.randn(4, 16))
+    sum(o.sum() for o in out).backward()
+    unused = [n for n, p in head.named_parameters() if p.grad is None]
+    assert unused == []
+
+
+def test_unified_weights_with_the_old_unused_deepest_classifier_still_load() -> None:
+    tax = Taxonomy.from_paths([["a", "x"], ["a", "y"], ["b", "z"]], ["l0", "l1"])
+    head = create_head("unified", 16, tax, 2, hidden=8)
+    state = head.state_dict()
+    old = {
+        **state,
+        "down_classifiers.1.weight": torch.zeros(3, 8),
+        "down_classifiers.1.bias": torch.zeros(3),
+    }
+    head.load_state_dict(old, strict=True)
+    assert torch.equal(head.state_dict()["classifiers.0.weight"], state["classifiers.0.weight"])

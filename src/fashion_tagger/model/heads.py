@@ -147,7 +147,8 @@ class UnifiedHead(nn.Module):
         sizes = taxonomy.sizes
         self.branches = nn.ModuleList(_branch(in_features, hidden, dropout) for _ in sizes)
         if messages == "label":
-            self.down_classifiers = nn.ModuleList(nn.Linear(hidden, n) for n in sizes)
+            # auxiliary classifiers of the levels that send a message down: all but the last
+            self.down_classifiers = nn.ModuleList(nn.Linear(hidden, n) for n in sizes[:-1])
             self.down_msgs = nn.ModuleList(nn.Linear(n, hidden) for n in sizes[:-1])
             self.up_msgs = nn.ModuleList(nn.Linear(n, hidden) for n in sizes[1:])
         else:
@@ -157,6 +158,14 @@ class UnifiedHead(nn.Module):
         self.attr_branch = _branch(in_features, hidden, dropout)
         self.attr_classifier = nn.Linear(hidden, num_attributes)
         self.attr_msg = nn.Linear(sum(sizes), num_attributes)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
+        # run dirs written before 2026-11-30 hold an auxiliary classifier for the deepest level,
+        # which sent no message (and broke DDP, which wants every parameter used): drop it
+        stale = f"{prefix}down_classifiers.{len(self.branches) - 1}."
+        for key in [k for k in state_dict if k.startswith(stale)]:
+            del state_dict[key]
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def _down(self, lvl: int, parent: Tensor) -> Tensor:
         """The message from level lvl-1's refined representation to level lvl."""

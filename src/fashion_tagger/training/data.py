@@ -19,6 +19,7 @@ import torch
 from torch.nn import functional as F
 
 from fashion_tagger import _progress
+from fashion_tagger._io import atomic_path
 from fashion_tagger.dataset.core import Dataset
 from fashion_tagger.errors import DatasetError
 from fashion_tagger.model.spec import ModelSpec
@@ -114,9 +115,13 @@ def load_split(
     cache_dir: Path,
     workers: int,
     progress: bool,
+    write_cache: bool = True,
 ) -> tuple[SplitArrays, int]:
     """A split as arrays, decoded once and cached as .npy keyed by its images and the input
-    spec; returns the arrays and the number of unreadable images dropped."""
+    spec; returns the arrays and the number of unreadable images dropped.
+
+    `write_cache=False` (ranks other than 0 of a distributed run) reads the cache when it is
+    there and otherwise decodes in memory, so only rank 0 ever writes."""
     part = ds.split(split).labelled()
     if len(part) == 0:
         raise DatasetError(
@@ -135,11 +140,10 @@ def load_split(
     else:
         root = part.local_images(progress=progress)  # fetched first when on object storage
         pixels, ok = decode_images(root, rels, spec, workers, progress, split)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        from fashion_tagger._io import atomic_path
-
-        with atomic_path(cache) as tmp, open(tmp, "wb") as f:
-            np.savez(f, images=pixels, ok=ok)
+        if write_cache:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(cache) as tmp, open(tmp, "wb") as f:
+                np.savez(f, images=pixels, ok=ok)
     levels, attrs = encode_targets(part, spec.taxonomy, spec.attribute_names)
     return SplitArrays(pixels[ok], levels[ok], attrs[ok]), int((~ok).sum())
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 import warnings
@@ -163,6 +164,17 @@ def _find_lr(
     return lr
 
 
+def launch_rank() -> int:
+    """This process's rank as its launcher set it (torchrun, SLURM, or Lightning's NODE_RANK
+    and LOCAL_RANK), known before the Trainer exists; 0 for a single process. Only whether it
+    is 0 matters: rank 0 alone writes the run dir and the decoded-image cache."""
+    env = os.environ
+    for var in ("RANK", "SLURM_PROCID"):
+        if env.get(var, "").isdigit():
+            return int(env[var])
+    return int(env.get("NODE_RANK") or 0) + int(env.get("LOCAL_RANK") or 0)
+
+
 class _NoTips(logging.Filter):
     """Drops Lightning's advertisements ("Tip: ... litlogger"), which are not about the run."""
 
@@ -269,13 +281,19 @@ def _prepare(
     spec = resolve_spec(ds, config, weights)
     # the saved config is the resolved one: the backbone's default size written out
     config = replace(config, data=replace(config.data, image_size=spec.input_size))
-    paths.path.mkdir(parents=True, exist_ok=True)
-    if not resume:
+    rank_zero = launch_rank() == 0  # only rank 0 writes the run dir and the cache
+    if rank_zero:
+        paths.path.mkdir(parents=True, exist_ok=True)
+    if rank_zero and not resume:
         location = ds.location or str(dataset_dir.resolve())
         write_json_atomic(paths.train_config, {"dataset_dir": location, "config": config.to_dict()})
     cache_dir = Path(config.data.cache_dir) if config.data.cache_dir else paths.cache
     split_args = dict(
-        spec=spec, cache_dir=cache_dir, workers=config.data.workers, progress=config.progress
+        spec=spec,
+        cache_dir=cache_dir,
+        workers=config.data.workers,
+        progress=config.progress,
+        write_cache=rank_zero,
     )
     train_arr, bad_train = tdata.load_split(ds, config.data.train_split, **split_args)
     val_arr, bad_val = tdata.load_split(ds, config.data.val_split, **split_args)
