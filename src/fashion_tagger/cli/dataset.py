@@ -189,21 +189,39 @@ def filter_cmd(
 @dataset_app.command("export")
 def export_cmd(
     directory: str = DIR,
-    fmt: str = typer.Option(..., "--format", "-f", help="folders, zip or hdf5."),
+    fmt: str = typer.Option(..., "--format", "-f", help="folders, zip, hdf5 or webdataset."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder or file to write (must not exist)."),
     size: int = typer.Option(
         None, "--size", help="Fit in SxS, pad square on white, JPEG (hdf5 default: 64)."
     ),
     grayscale: bool = typer.Option(False, "--grayscale", help="One channel instead of three."),
     split_name: str = typer.Option(None, "--split", help="Export only this split."),
+    shard_size: str = typer.Option(
+        "256MB", "--shard-size", help="webdataset: the most bytes per tar shard (256MB, 1GB)."
+    ),
     workers: int = WORKERS,
     progress: bool = PROGRESS,
     as_json: bool = JSON,
 ) -> None:
-    """Export as an ImageFolder tree, a zip of it, or an HDF5 file (train/val/test arrays).
+    """Export as an ImageFolder tree, a zip of it, an HDF5 file (train/val/test arrays), or
+    WebDataset tar shards for streaming training at scale.
 
-    Example: fashion-tagger dataset export data/products --format hdf5 --size 64 --out products64.h5
+    Example: fashion-tagger dataset export data/products --format webdataset --shard-size 256MB --out shards/
     """
+    if fmt == "webdataset":
+        from fashion_tagger.dataset.webdataset import export_webdataset
+
+        shards = export_webdataset(
+            directory, out, shard_size=shard_size, split=split_name, progress=progress
+        )
+        if as_json:
+            print_json(shards.to_dict())
+            return
+        console.print(
+            f"exported {shards.samples:,} samples in {len(shards.shards):,} shards to {shards.path}"
+            + (f" ({shards.failed:,} images missing)" if shards.failed else "")
+        )
+        return
     from fashion_tagger.dataset.core import Dataset
     from fashion_tagger.dataset.export import export
 

@@ -237,12 +237,27 @@ def predict_cmd(
     backend: str = typer.Option(
         "auto", "--backend", help="auto (ONNX if exported), torch or onnx."
     ),
+    engine: str = typer.Option(
+        "local", "--engine", help="local (one process) or ray (a Ray cluster; --out is a folder)."
+    ),
+    address: str = typer.Option(None, "--address", help="ray: the cluster (default: a local one)."),
+    concurrency: int = typer.Option(1, "--concurrency", min=1, help="ray: model actors."),
+    num_gpus: float = typer.Option(0.0, "--num-gpus", min=0.0, help="ray: GPUs per model actor."),
     progress: bool = PROGRESS,
+    as_json: bool = typer.Option(False, "--json", help="ray: print the job summary as JSON."),
 ) -> None:
     """Tag images with a trained model: one row per image (path with scores, top-k, attributes).
 
     Example: fashion-tagger predict runs/p1 photos/ 'more/*.jpg' --out preds.parquet
+
+    On Ray (resumable by partition): fashion-tagger predict runs/p1 s3://bucket/photos/ --engine ray --out preds/
     """
+    if engine not in ("local", "ray"):
+        raise FashionTaggerError(f"--engine {engine!r}: choose local or ray")
+    if engine == "ray":
+        _predict_ray(run_dir, paths, out, batch_size, top_k, backend, address, concurrency,
+                     num_gpus, progress, as_json)  # fmt: skip
+        return
     from fashion_tagger.inference.predict import predict_paths
 
     summary = predict_paths(
@@ -254,6 +269,30 @@ def predict_cmd(
             f"{summary['images']:,} images ({summary['errors']} unreadable) -> {out} "
             f"[{summary['format']}, {summary['backend']}]"
         )
+
+
+def _predict_ray(
+    run_dir, paths, out, batch_size, top_k, backend, address, concurrency, num_gpus, progress,
+    as_json,
+) -> None:  # fmt: skip
+    """`predict --engine ray`: partitioned Parquet in the folder --out."""
+    from fashion_tagger.inference.ray_predict import predict_ray
+
+    if out is None:
+        raise FashionTaggerError("--engine ray writes partitioned Parquet: give --out FOLDER")
+    summary = predict_ray(
+        run_dir, paths, out, address=address,
+        concurrency=concurrency, num_gpus=num_gpus, batch_size=max(batch_size, 1),
+        backend=backend, top_k=top_k, progress=progress,
+    )  # fmt: skip
+    if as_json:
+        print_json(summary)
+        return
+    console.print(
+        f"{summary['images']:,} images ({summary['errors']} unreadable) -> {out} "
+        f"(ray, {summary['backend']}: {len(summary['written'])} partitions written, "
+        f"{len(summary['skipped'])} already there)"
+    )
 
 
 @app.command("quickstart")
