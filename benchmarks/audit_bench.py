@@ -4,10 +4,12 @@
    the articleType labels: half to a sibling under the same subCategory, half to a random
    articleType of another subCategory (the whole path moves, so it stays valid). Run the audit's
    scoring on the cached Lite0 features and report, per kind of flip, precision and recall of
-   the flagged rows at the default threshold (cleanlab's confident learning) and the AUROC of
-   the score, for the hierarchy-aware audit and for flat cleanlab on the leaf label alone
-   (a flat softmax over leaves trained the same way on the same folds). Precision for one kind
-   counts the rows of the other kind as neither right nor wrong (they are left out).
+   the flagged rows at the default threshold, the best recall at precision >= 0.8, and the
+   AUROC of the score, for the hierarchy-aware audit (its row score, and its articleType-level
+   score P(articleType | subCategory)) and for flat cleanlab on the leaf label alone (a flat
+   softmax over leaves trained the same way on the same folds; flagged at the same threshold,
+   and by cleanlab's find_label_issues). Precision for one kind leaves the rows of the other
+   kind out (neither right nor wrong).
 2. Cost. Embedding (images/s, measured when the cache lacks images) and scoring seconds per N.
 3. The clean zip. The audit on every row as imported: issues by kind, and the top 30 with item
    ids and image paths (look at them to count the real label errors).
@@ -89,6 +91,16 @@ def prf(flags: np.ndarray, kind: np.ndarray, k: int, scores: np.ndarray) -> dict
     }
 
 
+def recall_at_precision(scores: np.ndarray, kind: np.ndarray, k: int, p: float = 0.8) -> float:
+    """The best recall of flip kind `k` (against clean rows) at precision >= p, any threshold."""
+    rows = (kind == 0) | (kind == k)
+    order = np.argsort(-scores[rows], kind="stable")
+    pos = (kind[rows] == k)[order]
+    tp = np.cumsum(pos)
+    ok = tp / np.arange(1, len(tp) + 1) >= p
+    return float((tp[ok] / pos.sum()).max()) if ok.any() and pos.any() else 0.0
+
+
 def sample_rows(ds: Dataset, n: int, seed: int) -> np.ndarray:
     """Row indices of about `n` rows, whole items, sorted."""
     if n <= 0 or n >= len(ds):
@@ -133,18 +145,24 @@ def noise_run(ds: Dataset, feats: np.ndarray, n: int, args: argparse.Namespace) 
     items = noisy.table.column("item_id").to_pylist()
     folds = item_folds(items, ["\x1f".join(p) for p in paths], cfg.folds, cfg.seed)
     (leaf_probs,) = fit_oof(x, [leaf_id], [len(leaves)], folds, cfg.head, cfg.seed)
-    flat_score, flat_flag = flat_scores(leaf_id, leaf_probs)
+    flat_score, flat_cl = flat_scores(leaf_id, leaf_probs)
+    flat_flag = flat_score >= cfg.threshold
     flat_seconds = time.perf_counter() - t1
+    leaf_level = np.nan_to_num(scored.level_scores[:, -1])  # 1 - P(articleType | subCategory)
 
     out = {"rows": len(rows), "scoring_s": round(seconds, 1), "flat_s": round(flat_seconds, 1)}
     for name, k in (("sibling", 1), ("random", 2)):
         out[f"hier_{name}"] = prf(label_flag, kind, k, scored.score)
+        out[f"hier_{name}"]["recall_at_p80"] = recall_at_precision(scored.score, kind, k)
         out[f"hier_any_kind_{name}"] = prf(any_flag, kind, k, scored.score)
+        out[f"hier_leaf_level_{name}"] = prf(leaf_level >= cfg.threshold, kind, k, leaf_level)
         out[f"flat_{name}"] = prf(flat_flag, kind, k, flat_score)
+        out[f"flat_{name}"]["recall_at_p80"] = recall_at_precision(flat_score, kind, k)
+        out[f"flat_cl_{name}"] = prf(flat_cl, kind, k, flat_score)
     out["hier_all"] = prf(label_flag, np.minimum(kind, 1), 1, scored.score)
     out["flat_all"] = prf(flat_flag, np.minimum(kind, 1), 1, flat_score)
     out["flagged"] = {"hier_label": int(label_flag.sum()), "hier_any": int(any_flag.sum()),
-                      "flat": int(flat_flag.sum())}  # fmt: skip
+                      "flat": int(flat_flag.sum()), "flat_cl": int(flat_cl.sum())}  # fmt: skip
     return out
 
 

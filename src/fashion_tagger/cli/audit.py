@@ -21,9 +21,12 @@ def audit_cmd(
     ),
     folds: int = typer.Option(5, "--folds", help="K of the out-of-fold probabilities."),
     threshold: float = typer.Option(
-        None,
-        "--threshold",
-        help="Flag rows scoring at least S (default: cleanlab's confident learning per level).",
+        0.999, "--threshold", help="Flag rows scoring at least S (1 - P(given path))."
+    ),
+    confident_learning: bool = typer.Option(
+        False,
+        "--confident-learning",
+        help="Flag by cleanlab's find_label_issues per level instead of --threshold.",
     ),
     seed: int = typer.Option(0, "--seed", help="Same seed, same folds and heads."),
     top: int = typer.Option(15, "--top", help="Issues shown in the summary."),
@@ -45,7 +48,9 @@ def audit_cmd(
     result = audit(
         directory,
         run_dir=run,
-        config=AuditConfig(folds=folds, threshold=threshold, seed=seed),
+        config=AuditConfig(
+            folds=folds, threshold=None if confident_learning else threshold, seed=seed
+        ),
         progress=progress,
     )
     if as_json:

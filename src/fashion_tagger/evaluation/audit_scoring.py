@@ -5,8 +5,8 @@ Pure functions on arrays (no dataset dir, no files), so they are tested on their
   on the leaf so rare classes spread over the folds;
 - `fit_oof`: fast linear heads on frozen features, one softmax per target, trained on K-1 folds
   and applied to the held-out one: every row's probabilities come from a model that never saw it;
-- `score_paths`: per level, cleanlab scores the given node under the decoded joint's marginal
-  at that level; a row's score is its worst level's, i.e. 1 - P(given path);
+- `score_paths`: per level, cleanlab scores the given node under P(node | given parent) of the
+  decoded joint and flags issues (confident learning); a row's score is 1 - P(given path);
 - `flat_scores`: the flat baseline, cleanlab on the leaf label alone.
 
 The joint over valid paths is `P(path) ∝ prod_l p_l(path_l)`: its argmax is the decoding every
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,22 +60,23 @@ def item_folds(item_ids: Sequence[str], strata: Sequence[str], k: int, seed: int
 # -- out-of-fold heads ------------------------------------------------------------------------
 @dataclass(frozen=True)
 class HeadConfig:
-    """The fast recipe: linear softmax heads on standardised, PCA-reduced frozen features.
+    """The fast recipe: linear softmax heads on standardised frozen features.
 
     Attributes:
-        dims: PCA components kept (fewer is faster; the linear probe loses little).
-        epochs: passes over the training folds (Adam, cosine learning rate).
+        dims: PCA components for the heads; 0 keeps every feature. On the product zip, Lite0's
+            1280 features gave 74 % articleType OOF accuracy, 512 whitened components 70 %:
+            the default keeps them all.
+        epochs: passes over the training folds (Adam, warm-up then cosine learning rate).
         batch_size: rows per step.
         lr: peak learning rate.
-        weight_decay: L2 on the weights; it keeps the probabilities from saturating, which
-            cleanlab's thresholds need.
+        weight_decay: decoupled L2 on the weights (1e-3 cost 3 points of accuracy).
     """
 
-    dims: int = 256
-    epochs: int = 20
+    dims: int = 0
+    epochs: int = 30
     batch_size: int = 256
     lr: float = 3e-3
-    weight_decay: float = 1e-3
+    weight_decay: float = 1e-4
 
 
 def reduce_features(features: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
@@ -87,7 +88,7 @@ def reduce_features(features: np.ndarray, dims: int) -> tuple[np.ndarray, np.nda
     """
     x = np.asarray(features, dtype=np.float32)
     x = (x - x.mean(0)) / (x.std(0) + 1e-6)
-    k = min(dims, x.shape[1])
+    k = min(dims, x.shape[1]) if dims > 0 else x.shape[1]
     if k < x.shape[1] and len(x) > 1:
         if len(x) < x.shape[1]:  # few rows: the SVD of x is cheaper than the covariance's
             vecs = np.linalg.svd(x, full_matrices=False)[2].T
@@ -171,6 +172,7 @@ def fit_oof(
     folds: np.ndarray,
     cfg: HeadConfig | None = None,
     seed: int = 0,
+    on_fold: Callable[[], None] | None = None,
 ) -> list[np.ndarray]:
     """Out-of-fold probabilities, one (N, sizes[t]) array per target.
 
@@ -181,6 +183,7 @@ def fit_oof(
         sizes: classes per target.
         folds: fold of each row (`item_folds`); each fold is predicted by heads trained on the
             others, so no row is scored by a model that saw its label.
+        on_fold: called after each fold (a progress bar).
     """
     from threadpoolctl import threadpool_limits  # installed with scikit-learn (cleanlab's)
 
@@ -198,6 +201,8 @@ def fit_oof(
         logits = (x[held] @ w + b).astype(np.float64)
         for t in range(len(sizes)):
             out[t][held] = _softmax(logits[:, bounds[t] : bounds[t + 1]])
+        if on_fold is not None:
+            on_fold()
     return out
 
 
@@ -233,10 +238,11 @@ def level_marginals(taxonomy: Taxonomy, joint: np.ndarray) -> list[np.ndarray]:
 
 @dataclass(frozen=True)
 class PathScores:
-    """Per row: `score` in [0, 1] (1 - P(given path), the worst level's), `level` (first level
-    where the given path leaves the suggested one; else the worst level for flagged rows; -1
-    when neither), `suggested` (N, depth) node indices (-1 below the path's depth),
-    `level_scores` (N, depth) 1 - quality per level (nan below the given path), `is_issue`."""
+    """Per row: `score` in [0, 1] (1 - P(given path) under the joint), `level` (first level where
+    the given path leaves the suggested one; else the worst level for flagged rows; -1 when
+    neither), `suggested` (N, depth) node indices (-1 below the path's depth), `level_scores`
+    (N, depth) 1 - P(given node | given parent) per level (nan below the given path), and
+    `is_issue`."""
 
     score: np.ndarray
     level: np.ndarray
@@ -264,6 +270,17 @@ def _cleanlab_level(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, 
     return np.clip(quality, 0.0, 1.0), np.asarray(issues, dtype=bool)
 
 
+def _conditional(taxonomy: Taxonomy, marg: list[np.ndarray], given: np.ndarray, lvl: int):
+    """Rows reaching `lvl` and their (rows, C_lvl) P(node | the row's given parent)."""
+    rows = np.flatnonzero(given[:, lvl] >= 0)
+    m = marg[lvl][rows]
+    if lvl == 0:
+        return rows, m
+    parents = np.asarray(taxonomy.parents[lvl])
+    m = m * (parents[None, :] == given[rows, lvl - 1][:, None])
+    return rows, m / np.clip(m.sum(axis=1, keepdims=True), EPS, None)
+
+
 def score_paths(
     taxonomy: Taxonomy,
     given: np.ndarray,
@@ -271,6 +288,11 @@ def score_paths(
     threshold: float | None = None,
 ) -> PathScores:
     """Score each row's given path against out-of-fold per-level probabilities.
+
+    Per level, cleanlab scores the given node under P(node | given parent) of the joint (so a
+    sibling swap shows at its own level, undiluted by doubt about the branch above) and finds
+    issues by confident learning. The row's score multiplies the levels back together:
+    1 - prod_l P(given_l | given_{l-1}) = 1 - P(given path).
 
     Args:
         given: (N, depth) node index per level (`Taxonomy.encode`), -1 below the path's depth.
@@ -286,11 +308,12 @@ def score_paths(
     level_scores = np.full((n, taxonomy.depth), np.nan)
     flagged = np.zeros(n, dtype=bool)
     for lvl in range(taxonomy.depth):
-        rows = np.flatnonzero(given[:, lvl] >= 0)
-        quality, issues = _cleanlab_level(given[rows, lvl], marg[lvl][rows])
+        rows, cond = _conditional(taxonomy, marg, given, lvl)
+        quality, issues = _cleanlab_level(given[rows, lvl], cond)
         level_scores[rows, lvl] = 1.0 - quality
         flagged[rows] |= issues
-    score = np.clip(np.nan_to_num(level_scores, nan=0.0).max(axis=1, initial=0.0), 0.0, 1.0)
+    path_p = np.prod(1.0 - np.nan_to_num(level_scores, nan=0.0), axis=1)
+    score = np.clip(1.0 - path_p, 0.0, 1.0)
     is_issue = flagged if threshold is None else score >= threshold
     differs = (given != suggested) & ((given >= 0) | (suggested >= 0))
     first = np.where(differs.any(axis=1), np.argmax(differs, axis=1), -1)
