@@ -221,6 +221,7 @@ def test_duplicate_conflicts_and_outliers(tmp_path: Path) -> None:
     images = Dataset.open(tmp_path).table.column("image").to_pylist()
     pair = [rows[images[a]], rows[images[b]]]
     assert {pair[0]["duplicate_of"], pair[1]["duplicate_of"]} == {images[a], images[b]}
+    assert {pair[0]["duplicate_item"], pair[1]["duplicate_item"]} == {f"item{a}", f"item{b}"}
     assert {"duplicate_conflict", "label"} >= {r["kind"] for r in pair}
     assert "duplicate_conflict" in {r["kind"] for r in pair} or all(
         r["kind"] == "label" for r in pair

@@ -61,6 +61,7 @@ ISSUES_SCHEMA = pa.schema(
         pa.field("level_scores", pa.list_(pa.float64())),  # 1 - quality per level of `given`
         pa.field("outlier_score", pa.float64()),  # [0, 1], higher = farther from other photos
         pa.field("duplicate_of", pa.string()),  # image of the near-identical, other-label photo
+        pa.field("duplicate_item", pa.string()),  # its item_id (the image may be this row's own)
         pa.field("split", pa.string()),
         pa.field("sha256", pa.string()),
     ]

@@ -284,6 +284,7 @@ def audit_rows(
             "level_scores": level_scores,
             "outlier_score": outlier_score.astype(float),
             "duplicate_of": [images[j] if j >= 0 else None for j in dup],
+            "duplicate_item": [items[j] if j >= 0 else None for j in dup],
             "split": ds.table.column("split").to_pylist(),
             "sha256": ds.table.column("sha256").to_pylist(),
         }
