@@ -136,7 +136,7 @@ FAST = AuditConfig(head=HeadConfig(epochs=20))
 # -- the audit on real product photos ---------------------------------------------------------
 def test_audit_ranks_flipped_product_photos_first(datasets_dir: Path, tmp_path: Path) -> None:
     """Real photos, labels flipped at random, a cheap untrained CNN: flipped rows rank first."""
-    from fashion_tagger.evaluation.audit_features import _model_api
+    from fashion_tagger.model.backbones import create_backbone
 
     zip_path = datasets_dir / "fashion-product-images-small.zip"
     ds = product_sample(zip_path, tmp_path / "ds", per_class=40)
@@ -145,7 +145,7 @@ def test_audit_ranks_flipped_product_photos_first(datasets_dir: Path, tmp_path: 
     import torch
 
     torch.manual_seed(0)
-    net, _ = _model_api()[0].create_backbone("simple-cnn")
+    net, _ = create_backbone("simple-cnn")
     spec = FeatureSpec("simple-cnn", "random-seed0", (64, 48), (0.5,) * 3, (0.25,) * 3)
     cl = AuditConfig(threshold=None)  # cleanlab's confident learning flags
     result = audit(ds.root, backbone=(net.eval(), spec), config=cl, progress=False)
@@ -247,11 +247,11 @@ def test_audit_needs_labels_items_and_sane_options(tmp_path: Path) -> None:
 def test_embed_caches_by_image_and_backbone(tmp_path: Path) -> None:
     import torch
 
-    from fashion_tagger.evaluation.audit_features import _model_api
+    from fashion_tagger.model.backbones import create_backbone
 
     ds = make_dataset(tmp_path, LEAVES * 2)
     torch.manual_seed(0)
-    net, _ = _model_api()[0].create_backbone("simple-cnn")
+    net, _ = create_backbone("simple-cnn")
     spec = FeatureSpec("simple-cnn", "seed0", (16, 12), (0.5,) * 3, (0.25,) * 3)
     first, now = embed(ds, net.eval(), spec, progress=False)
     assert now == len(ds) and first.shape == (len(ds), net.num_features)

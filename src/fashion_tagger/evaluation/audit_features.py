@@ -61,39 +61,15 @@ class FeatureSpec:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _model_api() -> tuple[Any, Any]:
-    """(backbones, load) modules: `fashion_tagger.model` once the refactor lands, else training's."""
-    try:
-        from fashion_tagger.model import backbones, load
-
-        return backbones, load
-    except ImportError:  # pragma: no cover - before the model package existed
-        from fashion_tagger.training import model
-
-        return model, model
-
-
-def _preprocess_api() -> Any:
-    try:
-        from fashion_tagger.model import preprocess
-    except ImportError:  # pragma: no cover - before the model package existed
-        from fashion_tagger.inference import preprocess
-    return preprocess
-
-
 def pretrained_backbone(size: tuple[int, int] = DEFAULT_SIZE) -> tuple[Any, FeatureSpec]:
     """The default feature extractor: ImageNet Lite0 from the installed weights package.
 
     Weights and their preprocessing (mean/std) come from `fashion_tagger.model.weights`, the
     same source `train --weights lite0` uses; nothing touches the network.
     """
-    try:
-        from fashion_tagger.model.weights import load_backbone_weights, resolve_weights
-    except ImportError as exc:  # pragma: no cover - before the weights module existed
-        raise AuditError(
-            "this install has no weights sources; pass --run RUN_DIR to reuse a run's backbone"
-        ) from exc
-    backbones, _ = _model_api()
+    from fashion_tagger.model import backbones
+    from fashion_tagger.model.weights import load_backbone_weights, resolve_weights
+
     try:
         loaded = resolve_weights("lite0", DEFAULT_BACKBONE)
     except FashionTaggerError as exc:
@@ -117,7 +93,9 @@ def pretrained_backbone(size: tuple[int, int] = DEFAULT_SIZE) -> tuple[Any, Feat
 
 def run_backbone(run_dir: str | Path) -> tuple[Any, FeatureSpec]:
     """A trained run's backbone and the preprocessing its model.json records."""
-    model, spec = _model_api()[1].load_model(run_dir)
+    from fashion_tagger.model.load import load_model
+
+    model, spec = load_model(run_dir)
     fspec = FeatureSpec(
         backbone=str(getattr(spec.backbone, "name", None) or spec.backbone["name"]),
         weights_sha256=str(spec.model_id),
@@ -182,7 +160,8 @@ def embed(
     """
     import torch
 
-    pre = _preprocess_api()
+    from fashion_tagger.model import preprocess as pre
+
     shas = ds.table.column("sha256").to_pylist()
     rels = ds.table.column("image").to_pylist()
     path = _cache_path(ds, spec)
