@@ -208,5 +208,7 @@ def test_relabel_and_drop_issues_commands(noisy: Dataset, tmp_path: Path) -> Non
     )
     assert json.loads(again.stdout)["already_applied"] is True
     write_issues(noisy.root, issues_for(Dataset.open(noisy.root), {0: 0.9, 1: 0.9}))
-    drop = CliRunner().invoke(app, ["dataset", "drop-issues", str(noisy.root), "--json"])
+    drop = CliRunner().invoke(
+        app, ["dataset", "filter", str(noisy.root), "--drop-issues", "--json"]
+    )
     assert json.loads(drop.stdout)["dropped"] == 1  # row 1 was reviewed, row 0 was not

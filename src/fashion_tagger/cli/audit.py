@@ -1,4 +1,4 @@
-"""`fashion-tagger audit`, `dataset relabel` and `dataset drop-issues`: find wrong labels, fix them."""
+"""`fashion-tagger audit` and `dataset relabel`: find wrong labels, review them, fix them."""
 
 from __future__ import annotations
 
@@ -30,6 +30,9 @@ def audit_cmd(
     ),
     seed: int = typer.Option(0, "--seed", help="Same seed, same folds and heads."),
     top: int = typer.Option(15, "--top", help="Issues shown in the summary."),
+    review: bool = typer.Option(
+        True, "--review/--no-review", help="Also write the review page (review.html)."
+    ),
     progress: bool = PROGRESS,
     as_json: bool = JSON,
 ) -> None:
@@ -44,6 +47,7 @@ def audit_cmd(
     Example: fashion-tagger audit data/products --folds 5 --json
     """
     from fashion_tagger.evaluation.audit import AuditConfig, audit
+    from fashion_tagger.evaluation.review import write_review_page
 
     result = audit(
         directory,
@@ -53,12 +57,16 @@ def audit_cmd(
         ),
         progress=progress,
     )
+    page = write_review_page(directory) if review else None
     if as_json:
-        print_json(result.to_dict())
+        print_json(result.to_dict() | {"review": str(page) if page else None})
         return
     console.print(
         f"[bold]{result.issues:,}[/] of {result.rows:,} rows flagged; written to {result.path}"
     )
+    if page is not None:
+        console.print(f"review them in {page}, then: fashion-tagger dataset relabel {directory} "
+                      "--decisions decisions.json")  # fmt: skip
     console.print(
         f"features: {result.backbone}, {result.embedded_now:,} images embedded now; "
         f"{result.seconds.get('features', 0):.0f} s features, "
@@ -116,31 +124,3 @@ def relabel_cmd(
     )
     for path in result.new_paths:
         console.print(f"new class: {' > '.join(path)}")
-
-
-@dataset_app.command("drop-issues")
-def drop_issues_cmd(
-    directory: Path = DIR,
-    min_score: float = typer.Option(
-        None, "--min-score", help="Only drop flagged rows scoring at least S."
-    ),
-    as_json: bool = JSON,
-) -> None:
-    """Drop the rows label_issues.parquet flags, except those a review decided on.
-
-    Run `fashion-tagger audit` first; rows accepted or rejected by `dataset relabel` stay.
-    The drop is recorded in dataset.json's history.
-
-    Example: fashion-tagger dataset drop-issues data/products --min-score 0.9
-    """
-    from fashion_tagger.dataset.relabel import drop_issues
-
-    result = drop_issues(directory, min_score=min_score)
-    if as_json:
-        print_json(result.to_dict())
-        return
-    kinds = ", ".join(f"{k} {v:,}" for k, v in result.dropped_by_kind.items()) or "none"
-    console.print(
-        f"dropped {result.dropped:,} rows ({kinds}); {result.kept_decided:,} flagged rows kept "
-        f"because reviewed; {result.images_before:,} -> {result.images_after:,} images"
-    )

@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from fashion_tagger.cli._app import PROGRESS, WORKERS, console, dataset_app, print_json
+from fashion_tagger.errors import FashionTaggerError
 
 DIR = typer.Argument(..., help="A dataset dir (written by import or crawl), local or a URL.")
 
@@ -150,16 +151,38 @@ def filter_cmd(
     out: str = typer.Option(
         None, "--out", "-o", help="Write a new dataset dir here (or URL) instead of changing DIR."
     ),
+    drop_issues: bool = typer.Option(
+        False,
+        "--drop-issues",
+        help="Drop the rows `audit` flagged in label_issues.parquet that no review decided on.",
+    ),
+    min_score: float = typer.Option(
+        None, "--min-score", help="With --drop-issues: only flagged rows scoring at least S."
+    ),
     as_json: bool = JSON,
 ) -> None:
-    """Drop rare classes, cap dominant ones, or take a stratified sample (whole items).
+    """Drop rare classes, cap dominant ones, take a stratified sample (whole items), or drop
+    the rows an audit flagged.
 
-    The result is recorded in dataset.json's history. With --out, the source is left untouched.
+    The result is recorded in dataset.json's history. With --out, the source is left untouched
+    (except by --drop-issues, which works in place).
 
     Example: fashion-tagger dataset filter data/products --min-per-class 10 --cap-ratio 4 --sample 2000 --out data/small
+
+    After an audit: fashion-tagger dataset filter data/products --drop-issues --min-score 0.999
     """
     from fashion_tagger.dataset.core import Dataset
     from fashion_tagger.dataset.ops import filter_dataset, relocate
+
+    others = (min_per_class, max_per_class, cap_ratio, sample)
+    if drop_issues:
+        if out is not None:
+            raise FashionTaggerError("--drop-issues works in place: drop --out")
+        _drop_issues(directory, min_score, as_json and all(v is None for v in others))
+        if all(v is None for v in others):
+            return
+    elif min_score is not None:
+        raise FashionTaggerError("--min-score goes with --drop-issues")
 
     ds, result = filter_dataset(
         Dataset.open(directory),
@@ -184,6 +207,20 @@ def filter_cmd(
         console.print(f"dropped {len(result.dropped_classes)} rare classes")
     if result.capped_classes:
         console.print(f"capped {result.capped_classes} classes at {result.cap:,} images")
+
+
+def _drop_issues(directory: str, min_score: float | None, as_json: bool) -> None:
+    from fashion_tagger.dataset.relabel import drop_issues
+
+    result = drop_issues(directory, min_score=min_score)
+    if as_json:
+        print_json(result.to_dict())
+        return
+    kinds = ", ".join(f"{k} {v:,}" for k, v in result.dropped_by_kind.items()) or "none"
+    console.print(
+        f"dropped {result.dropped:,} rows ({kinds}); {result.kept_decided:,} flagged rows kept "
+        f"because reviewed; {result.images_before:,} -> {result.images_after:,} images"
+    )
 
 
 @dataset_app.command("export")
