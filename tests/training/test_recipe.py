@@ -81,7 +81,8 @@ def test_unknown_weights_name_the_choices():
 
 def test_pretrained_run_records_its_weights(tmp_path):
     """One epoch from the installed Lite0 weights: model.json names them and their sha256."""
-    from fashion_tagger.model.weights import file_sha256, weights_source
+    from fashion_tagger._io import sha256_file
+    from fashion_tagger.model.weights import weights_source
 
     ds = make_synthetic_dataset(tmp_path / "ds", n=40)
     config = TrainConfig(
@@ -95,7 +96,7 @@ def test_pretrained_run_records_its_weights(tmp_path):
         run = train(ds, tmp_path / "run", config)
     saved = json.loads((run.path / "model.json").read_text())
     assert saved["weights"]["source"] == "lite0"
-    assert saved["weights"]["sha256"] == file_sha256(weights_source("lite0").locate())
+    assert saved["weights"]["sha256"] == sha256_file(weights_source("lite0").locate())
     assert run.spec.mean == (0.5, 0.5, 0.5)
     assert run.spec.backbone["name"] == "tf_efficientnet_lite0"
 

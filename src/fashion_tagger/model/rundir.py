@@ -13,13 +13,12 @@ on open, and a format version, so a reader only ever reads a layout it understan
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fashion_tagger._io import atomic_path, write_json_atomic
+from fashion_tagger._io import atomic_path, sha256_file, write_json_atomic
 from fashion_tagger.errors import RunDirError
 from fashion_tagger.model.spec import ModelSpec
 
@@ -117,14 +116,6 @@ class RunPaths:
         return self.path / "report.html"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _read_model_json(paths: RunPaths) -> dict[str, Any]:
     path, mj = paths.path, paths.model_json
     if not path.is_dir():
@@ -179,7 +170,7 @@ class RunDir(RunPaths):
             raise RunDirError(f"{paths.path}: {weights.name} is missing; re-train or restore it")
         if verify:
             expected = config.get("weights_sha256")
-            actual = _sha256(weights)
+            actual = sha256_file(weights)
             if expected != actual:
                 raise RunDirError(
                     f"{weights} does not match {paths.model_json.name} (sha256 {actual[:12]}, "
@@ -218,7 +209,7 @@ def save_model(
     state = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
     with atomic_path(paths.weights) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt"})
-        sha = _sha256(tmp)
+        sha = sha256_file(tmp)
     model_id = f"{paths.path.resolve().name}-{sha[:12]}"
     config: dict[str, Any] = {"format_version": FORMAT_VERSION}
     config.update(spec.to_json())

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from fashion_tagger._io import sha256_file
 from fashion_tagger.model.spec import ModelError
 
 TIMM = "timm"
@@ -301,12 +302,6 @@ def _choices() -> str:
 
 
 # -- reading ----------------------------------------------------------------------------------
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -379,7 +374,7 @@ def _from_file(path: Path, source: str, backbone: str | None) -> LoadedWeights:
         state=state,
         arch=backbone,
         source=source,
-        sha256=file_sha256(path),
+        sha256=sha256_file(path),
         converter=converter,
         **_timm_preprocessing(backbone),
     )
@@ -393,7 +388,7 @@ def _from_package(src: WeightsSource, backbone: str | None) -> LoadedWeights:
         state=state,
         arch=src.arch,
         source=src.alias,
-        sha256=file_sha256(path),
+        sha256=sha256_file(path),
         converter=src.converter,
         mean=src.mean,
         std=src.std,
@@ -449,7 +444,7 @@ def _from_timm(backbone: str | None) -> LoadedWeights:
         state=state,
         arch=backbone,
         source=TIMM,
-        sha256=file_sha256(hub) if hub else _state_sha256(state),
+        sha256=sha256_file(hub) if hub else _state_sha256(state),
         converter="timm-keys",
         licence=getattr(cfg, "license", None),
         **_timm_preprocessing(backbone),
