@@ -287,6 +287,9 @@ def test_quickstart_on_a_folder_tree(tmp_path: Path) -> None:
             tmp_path / "photos", tmp_path / "qs", minutes=0.05, workers=1, progress=False
         )
     assert s["kind"] == "folders" and s["split"] == "test"
+    # photos get the installed pretrained weights, named with their sha256
+    assert s["weights"] == "lite0" and s["backbone"] == "tf_efficientnet_lite0"
+    assert len(s["weights_sha256"]) == 64
     for key in ("run_dir", "metrics", "report", "predictions"):
         assert Path(s[key]).exists(), key
     rows = [json.loads(line) for line in Path(s["predictions"]).read_text().splitlines()]

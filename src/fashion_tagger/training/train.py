@@ -190,6 +190,8 @@ def _quiet_lightning() -> None:
         log.addFilter(_NoTips())
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated")
     warnings.filterwarnings("ignore", message=r".*smaller than the logging interval")
+    # a frozen backbone is in eval mode on purpose (its batch-norm statistics stay ImageNet's)
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start")
 
 
 # -- the stage --------------------------------------------------------------------------------
