@@ -13,6 +13,10 @@ Steps (each skipped when its output already exists, so a re-run only trains what
 
 Example:
     python benchmarks/train_bench.py --minutes 8 --heads flat,multi,unified --out bench-out/train
+    python benchmarks/train_bench.py --weights lite0 --image-size auto --minutes 30 --heads unified \
+        --batch-size 64 --lr 2e-3 --hidden 512 --skip throughput,sample,clothing
+    python benchmarks/train_bench.py --weights lite0 --image-size auto --freeze-backbone --epochs 20 \
+        --minutes 10 --batch-size 256 --hidden 512 --seeds 0,1,2 --skip throughput,sample,clothing
 """
 
 from __future__ import annotations
@@ -47,7 +51,17 @@ def parse_args() -> argparse.Namespace:
         help="share of batches per epoch, with --epochs",
     )
     p.add_argument("--backbone", default="simple-cnn")
-    p.add_argument("--image-size", default="80x64", help="HxW")
+    p.add_argument(
+        "--weights",
+        default="none",
+        help="pretrained backbone weights: lite0, timm, a file, or none (from scratch)",
+    )
+    p.add_argument("--image-size", default="80x64", help="HxW, or auto (the recipe's / backbone's)")
+    p.add_argument(
+        "--freeze-backbone",
+        action="store_true",
+        help="heads only, on backbone features computed once (cached across heads and seeds)",
+    )
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--hidden", type=int, default=512)
@@ -76,7 +90,9 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    p.add_argument("--seed", type=int, default=0, help="training seed (the split stays seed 0)")
+    p.add_argument(
+        "--seeds", default="0", help="comma-separated training seeds (the split stays seed 0)"
+    )
     return p.parse_args()
 
 
@@ -97,27 +113,32 @@ def prepare_products(args: argparse.Namespace) -> Path:
     return out
 
 
-def base_config(args: argparse.Namespace, head: str, epochs: int):
+def base_config(args: argparse.Namespace, head: str, epochs: int, seed: int = 0):
     from fashion_tagger.training.config import DataConfig, ModelConfig, TrainConfig
 
-    h, w = (int(v) for v in args.image_size.split("x"))
+    size = None if args.image_size == "auto" else tuple(int(v) for v in args.image_size.split("x"))
     return TrainConfig(
         data=DataConfig(
-            image_size=(h, w),
+            image_size=size,
             augment=args.augment,
             class_weights=args.class_weights,
             workers=args.workers,
             cache_dir=str(args.out / "cache"),
         ),
         model=ModelConfig(
-            backbone=args.backbone, head=head, hidden=args.hidden, messages=args.messages
+            backbone=args.backbone,
+            head=head,
+            hidden=args.hidden,
+            messages=args.messages,
+            weights=args.weights,
+            freeze_backbone=args.freeze_backbone,
         ),
         epochs=epochs,
         batch_size=args.batch_size,
         lr=args.lr,
         label_smoothing=args.label_smoothing,
         max_time=str(args.minutes),
-        seed=args.seed,
+        seed=seed,
         checkpoint_every=0,
         progress=False,
     )
@@ -179,9 +200,12 @@ def throughput(args: argparse.Namespace, products: Path, steps: int = 12) -> dic
     from fashion_tagger.training.module import TaggerModule, hierarchy_loss
     from fashion_tagger.training.train import resolve_spec
 
-    config = base_config(args, "unified", 1)
+    config = base_config(args, "unified", 1).with_recipe()
     spec = resolve_spec(Dataset.open(products), config)
-    module = TaggerModule(build_model(spec), spec, config)
+    model = build_model(spec)
+    if config.model.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    module = TaggerModule(model, spec, config)
     opt = torch.optim.AdamW(module.parameters(), lr=1e-3)
     h, w = spec.input_size
     x = torch.randint(0, 255, (args.batch_size, 3, h, w), dtype=torch.uint8)
@@ -255,22 +279,40 @@ def run_heads(args: argparse.Namespace, products: Path) -> tuple[dict, dict[str,
         flush=True,
     )
     results, correct = {}, {}
-    for head in args.heads.split(","):
-        run_dir = args.out / "runs" / head
-        if not (run_dir / "model.json").is_file():
-            t = time.perf_counter()
-            config = replace(base_config(args, head, epochs), train_fraction=fraction)
-            train(products, run_dir, config)
-            print(f"{head}: trained in {time.perf_counter() - t:.0f} s", flush=True)
-        run = RunDir.open(run_dir)
-        res, correct[head] = score(run_dir, products, "test", args.out / "cache")
-        res["train_seconds"] = run.config["training"]["seconds"]
-        res["epochs"] = run.config["training"]["epochs_run"]
-        res["train_fraction"] = run.config["training"].get("train_fraction", 1.0)
-        res["throughput"] = run.config["training"]["throughput"]
-        results[head] = res
-        print(head, json.dumps(res), flush=True)
+    seeds = [int(v) for v in args.seeds.split(",")]
+    for seed in seeds:  # each seed trains every head, so a slow machine hurts all heads alike
+        for head in args.heads.split(","):
+            name = head if seeds == [0] else f"{head}-s{seed}"
+            run_dir = args.out / "runs" / name
+            if not (run_dir / "model.json").is_file():
+                t = time.perf_counter()
+                config = replace(base_config(args, head, epochs, seed), train_fraction=fraction)
+                train(products, run_dir, config)
+                print(f"{name}: trained in {time.perf_counter() - t:.0f} s", flush=True)
+            run = RunDir.open(run_dir)
+            res, correct[name] = score(run_dir, products, "test", args.out / "cache")
+            res["train_seconds"] = run.config["training"]["seconds"]
+            res["epochs"] = run.config["training"]["epochs_run"]
+            res["train_fraction"] = run.config["training"].get("train_fraction", 1.0)
+            res["throughput"] = run.config["training"]["throughput"]
+            results[name] = res
+            print(name, json.dumps(res), flush=True)
     return results, correct
+
+
+def seed_summary(results: dict, heads: list[str], seeds: list[int]) -> dict:
+    """Per head and level: the mean and standard deviation of test accuracy over the seeds."""
+    out: dict = {}
+    for head in heads:
+        runs = [results[f"{head}-s{s}"] for s in seeds]
+        out[head] = {
+            level: {
+                "mean": float(np.mean([r["levels"][level]["accuracy"] for r in runs])),
+                "std": float(np.std([r["levels"][level]["accuracy"] for r in runs], ddof=1)),
+            }
+            for level in runs[0]["levels"]
+        }
+    return out
 
 
 def paired(correct: dict[str, np.ndarray], levels: list[str]) -> dict:
@@ -280,11 +322,12 @@ def paired(correct: dict[str, np.ndarray], levels: list[str]) -> dict:
     from fashion_tagger.evaluation.metrics import paired_comparison
 
     out = {}
-    for head, ok in correct.items():
-        if head != "unified":
-            out[f"unified-{head}"] = {
-                name: paired_comparison(correct["unified"][:, i], ok[:, i])
-                for i, name in enumerate(levels)
+    for name, ok in correct.items():
+        head, _, seed = name.partition("-s")
+        unified = correct.get("unified" + (f"-s{seed}" if seed else ""))
+        if head != "unified" and unified is not None:
+            out[f"unified-{name}"] = {
+                level: paired_comparison(unified[:, i], ok[:, i]) for i, level in enumerate(levels)
             }
     return out
 
@@ -322,7 +365,7 @@ def run_clothing(args: argparse.Namespace) -> dict:
         config = replace(
             config,
             data=DataConfig(
-                image_size=(64, 64),
+                image_size=None if args.weights != "none" else (64, 64),
                 resize="pad",
                 augment="full",
                 workers=args.workers,
@@ -383,10 +426,14 @@ def main() -> None:
     if "heads" not in skip:
         results["heads"], correct = run_heads(args, products)
         print(table(results["heads"]), flush=True)
-        if "unified" in correct and len(correct) > 1:
-            levels = list(results["heads"]["unified"]["levels"])
-            results["paired"] = paired(correct, levels)
+        levels = list(next(iter(results["heads"].values()))["levels"])
+        results["paired"] = paired(correct, levels)
+        if results["paired"]:
             print(paired_table(results["paired"]), flush=True)
+        seeds = [int(v) for v in args.seeds.split(",")]
+        if len(seeds) > 1:
+            results["seeds"] = seed_summary(results["heads"], args.heads.split(","), seeds)
+            print("seeds", json.dumps(results["seeds"]), flush=True)
     if "clothing" not in skip and args.clothing.is_dir():
         results["clothing"] = run_clothing(args)
         print("clothing", json.dumps(results["clothing"]), flush=True)
