@@ -243,6 +243,9 @@ def predict_cmd(
     address: str = typer.Option(None, "--address", help="ray: the cluster (default: a local one)."),
     concurrency: int = typer.Option(1, "--concurrency", min=1, help="ray: model actors."),
     num_gpus: float = typer.Option(0.0, "--num-gpus", min=0.0, help="ray: GPUs per model actor."),
+    partition_size: int = typer.Option(
+        1000, "--partition-size", min=1, help="ray: images per output partition (resume unit)."
+    ),
     progress: bool = PROGRESS,
     as_json: bool = typer.Option(False, "--json", help="ray: print the job summary as JSON."),
 ) -> None:
@@ -256,7 +259,7 @@ def predict_cmd(
         raise FashionTaggerError(f"--engine {engine!r}: choose local or ray")
     if engine == "ray":
         _predict_ray(run_dir, paths, out, batch_size, top_k, backend, address, concurrency,
-                     num_gpus, progress, as_json)  # fmt: skip
+                     num_gpus, partition_size, progress, as_json)  # fmt: skip
         return
     from fashion_tagger.inference.predict import predict_paths
 
@@ -272,8 +275,8 @@ def predict_cmd(
 
 
 def _predict_ray(
-    run_dir, paths, out, batch_size, top_k, backend, address, concurrency, num_gpus, progress,
-    as_json,
+    run_dir, paths, out, batch_size, top_k, backend, address, concurrency, num_gpus,
+    partition_size, progress, as_json,
 ) -> None:  # fmt: skip
     """`predict --engine ray`: partitioned Parquet in the folder --out."""
     from fashion_tagger.inference.ray_predict import predict_ray
@@ -283,7 +286,7 @@ def _predict_ray(
     summary = predict_ray(
         run_dir, paths, out, address=address,
         concurrency=concurrency, num_gpus=num_gpus, batch_size=max(batch_size, 1),
-        backend=backend, top_k=top_k, progress=progress,
+        backend=backend, top_k=top_k, partition_size=partition_size, progress=progress,
     )  # fmt: skip
     if as_json:
         print_json(summary)
