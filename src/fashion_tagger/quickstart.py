@@ -161,6 +161,9 @@ def quickstart(
     return {
         "kind": kind,
         "weights": weights.get("source"),
+        "frozen_backbone": bool(
+            run.config.get("training", {}).get("model", {}).get("freeze_backbone")
+        ),
         "weights_sha256": weights.get("sha256"),
         "backbone": run.spec.backbone["name"],
         "dataset_dir": str(dataset_dir),

@@ -323,12 +323,13 @@ def quickstart_cmd(
     if as_json:
         print_json(s)
         return
+    how = "heads trained on the frozen features of" if s["frozen_backbone"] else "fine-tuned from"
     origin = (
-        f"fine-tuned from pretrained weights {s['weights']} (sha256 {s['weights_sha256'][:12]})"
+        f"{how} pretrained weights {s['weights']} (sha256 {s['weights_sha256'][:12]})"
         if s["weights"]
         else "trained from scratch"
     )
-    console.print(f"{s['backbone']}: {origin}", highlight=False)
+    console.print(f"{s['backbone']}: {origin}", highlight=False, soft_wrap=True)
     console.print(
         f"[bold green]done[/] ({s['kind']}, {s['epochs']} epochs, {s['train_seconds']} s of training)"
     )
