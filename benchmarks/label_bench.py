@@ -22,6 +22,7 @@ import json
 import time
 from pathlib import Path
 
+import _products
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,20 +42,9 @@ def parse_args() -> argparse.Namespace:
 
 
 def prepare(args: argparse.Namespace) -> Path:
-    from fashion_tagger.dataset import ops
-    from fashion_tagger.dataset.core import Dataset
-    from fashion_tagger.sources.kaggle_products import import_kaggle_products
-
-    out = args.out / "products"
-    if not (out / "items.parquet").is_file():
-        t = time.perf_counter()
-        import_kaggle_products(args.data, out, workers=args.workers, progress=False)
-        print(f"imported {args.data.name} in {time.perf_counter() - t:.0f} s", flush=True)
-    ds = Dataset.open(out)
-    if not any(ds.table.column("split").to_pylist()):
-        ds, _ = ops.split(ds, val=0.1, test=0.2, seed=0)
-        ds.save()
-    return out
+    return _products.prepare_products(
+        args.data, args.out / "products", workers=args.workers, val=0.1, test=0.2
+    )
 
 
 def train_run(args: argparse.Namespace, data: Path) -> tuple[Path, float]:

@@ -27,6 +27,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import _products
 import numpy as np
 
 from fashion_tagger.model.spec import MESSAGES
@@ -97,20 +98,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def prepare_products(args: argparse.Namespace) -> Path:
-    from fashion_tagger.dataset import ops
-    from fashion_tagger.dataset.core import Dataset
-    from fashion_tagger.sources.kaggle_products import import_kaggle_products
-
-    out = args.out / "products"
-    if not (out / "items.parquet").is_file():
-        t = time.perf_counter()
-        import_kaggle_products(args.data, out, workers=args.workers, progress=False)
-        print(f"imported {args.data} in {time.perf_counter() - t:.0f} s", flush=True)
-    ds = Dataset.open(out)
-    if not any(ds.table.column("split").to_pylist()):
-        ds, _ = ops.split(ds, val=0.15, test=0.15, seed=0)
-        ds.save()
-    return out
+    return _products.prepare_products(args.data, args.out / "products", workers=args.workers)
 
 
 def base_config(args: argparse.Namespace, head: str, epochs: int, seed: int = 0):
