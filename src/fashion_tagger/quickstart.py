@@ -57,14 +57,15 @@ def _import(kind: str, src: Path | None, out: Path, workers: int | None, progres
 
 
 def pretrained_weights() -> str | None:
-    """The weights alias quickstart fine-tunes from: the installed Lite0 package, else None
-    (from scratch)."""
-    import importlib.util
+    """The weights alias quickstart starts from: the installed Lite0 package (its file found
+    where the package says), else None (from scratch)."""
+    from fashion_tagger.model.weights import WeightsError, weights_source
 
-    from fashion_tagger.model.weights import weights_source
-
-    found = importlib.util.find_spec(weights_source(QUICKSTART_WEIGHTS).module) is not None
-    return QUICKSTART_WEIGHTS if found else None
+    try:
+        weights_source(QUICKSTART_WEIGHTS).locate()
+    except WeightsError:
+        return None
+    return QUICKSTART_WEIGHTS
 
 
 def _train_config(kind: str, workers: int | None, progress: bool) -> TrainConfig:
