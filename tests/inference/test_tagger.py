@@ -145,3 +145,13 @@ def test_best_paths_match_decode() -> None:
     probs = tagger.predict_arrays(np.zeros((4, 3, 32, 24), np.float32))
     for row, pred in zip(tagger.best_paths(probs), tagger.decode(probs), strict=True):
         assert list(spec.taxonomy.decode(row)) == pred.labels
+
+
+def test_resize_uses_the_specs_filter():
+    # a hard edge: bicubic overshoots where bilinear cannot, so the two filters give other pixels
+    img = Image.new("RGB", (8, 8), (0, 0, 0))
+    img.paste((255, 255, 255), (4, 0, 8, 8))
+    bilinear = np.asarray(resize(img, (24, 24), "squash", "bilinear"), dtype=np.int16)
+    bicubic = np.asarray(resize(img, (24, 24), "squash", "bicubic"), dtype=np.int16)
+    assert np.abs(bilinear - bicubic).max() > 5
+    assert np.array_equal(bilinear, np.asarray(resize(img, (24, 24)), dtype=np.int16))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -39,6 +40,7 @@ def test_save_and_open_round_trip(run: RunDir) -> None:
         "mean": [0.5] * 3,
         "std": [0.25] * 3,
         "resize": "squash",
+        "interpolation": "bilinear",
     }
     assert cfg["attributes"]["default_threshold"] == 0.75
     assert cfg["metrics"] == {"val_acc_leaf": 0.5}
@@ -132,3 +134,14 @@ def test_cli_tampered_run_dir_is_one_line_error(
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "does not match" in err and "Traceback" not in err
+
+
+def test_interpolation_round_trips_and_old_runs_read_bilinear():
+    spec = make_spec()
+    bicubic = dataclasses.replace(spec, interpolation="bicubic")
+    assert ModelSpec.from_json(bicubic.to_json()).interpolation == "bicubic"
+    old = spec.to_json()
+    del old["input"]["interpolation"]  # run dirs written before the key existed
+    assert ModelSpec.from_json(old).interpolation == "bilinear"
+    with pytest.raises(RunDirError, match="interpolation"):
+        dataclasses.replace(spec, interpolation="lanczos7")

@@ -98,6 +98,7 @@ def test_pretrained_run_records_its_weights(tmp_path):
     assert saved["weights"]["source"] == "lite0"
     assert saved["weights"]["sha256"] == sha256_file(weights_source("lite0").locate())
     assert run.spec.mean == (0.5, 0.5, 0.5)
+    assert saved["input"]["interpolation"] == "bicubic"  # what timm's Lite0 was trained with
     assert run.spec.backbone["name"] == "tf_efficientnet_lite0"
 
 

@@ -27,9 +27,19 @@ PAD_FILL = 255
 """Pad colour for `resize="pad"`: white, as the studio backgrounds of catalog photos."""
 
 
-def resize(img: Image.Image, size: tuple[int, int], mode: str = "squash") -> Image.Image:
+FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
+"""Pillow's filter for each of `model.spec.INTERPOLATIONS`."""
+
+
+def resize(
+    img: Image.Image,
+    size: tuple[int, int],
+    mode: str = "squash",
+    interpolation: str = "bilinear",
+) -> Image.Image:
     """Resize to (H, W): stretch (`squash`), fit inside and pad with white (`pad`), or the
-    Fashion-MNIST conversion (`fashion-mnist`; a converted image passes unchanged)."""
+    Fashion-MNIST conversion (`fashion-mnist`, which has its own filters; a converted image
+    passes unchanged). `interpolation` names the filter (`FILTERS`)."""
     if mode == "fashion-mnist":
         return to_fashion_mnist(img, size).convert(img.mode)
     h, w = size
@@ -38,11 +48,11 @@ def resize(img: Image.Image, size: tuple[int, int], mode: str = "squash") -> Ima
     if mode == "pad":
         scale = min(w / img.width, h / img.height)
         nw, nh = max(1, round(img.width * scale)), max(1, round(img.height * scale))
-        inner = img.resize((nw, nh), Image.BILINEAR, reducing_gap=3.0)
+        inner = img.resize((nw, nh), FILTERS[interpolation], reducing_gap=3.0)
         canvas = Image.new(img.mode, (w, h), (PAD_FILL,) * len(img.getbands()))
         canvas.paste(inner, ((w - nw) // 2, (h - nh) // 2))
         return canvas
-    return img.resize((w, h), Image.BILINEAR, reducing_gap=3.0)
+    return img.resize((w, h), FILTERS[interpolation], reducing_gap=3.0)
 
 
 def to_uint8(img: Image.Image, spec: ModelSpec) -> np.ndarray:
@@ -50,7 +60,7 @@ def to_uint8(img: Image.Image, spec: ModelSpec) -> np.ndarray:
     img = images.to_rgb(img)
     if spec.channels == 1:
         img = img.convert("L")
-    arr = np.asarray(resize(img, spec.input_size, spec.resize), dtype=np.uint8)
+    arr = np.asarray(resize(img, spec.input_size, spec.resize, spec.interpolation), dtype=np.uint8)
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     return np.ascontiguousarray(arr)
 

@@ -21,6 +21,9 @@ DEFAULT_THRESHOLD = 0.75
 """Attribute threshold when none was calibrated (the value of Ferreira et al. 2018)."""
 
 RESIZE_MODES = ("squash", "pad", "fashion-mnist")
+INTERPOLATIONS = ("bilinear", "bicubic")
+"""How images are resampled to the input size: what the pretrained weights were trained with
+(timm's Lite0 says bicubic), bilinear otherwise and for run dirs older than this key."""
 """How an image reaches the input size: stretch it, fit it inside and pad with white, or
 Zalando's Fashion-MNIST conversion (trim, fit, sharpen, centre, negate, grey), which brings
 product photos into the domain of a model trained on Fashion-MNIST."""
@@ -164,6 +167,7 @@ class ModelSpec:
         channels: 3 (RGB) or 1 (grey).
         mean, std: per-channel normalisation of pixels scaled to [0, 1].
         resize: one of `RESIZE_MODES`.
+        interpolation: one of `INTERPOLATIONS`: the resampling filter of the resize.
         taxonomy: the category tree; level l of the model predicts `taxonomy.names[l]`.
         attribute_names: `group=value` names, one per attribute output.
         thresholds: decision threshold per attribute.
@@ -181,6 +185,7 @@ class ModelSpec:
     attribute_names: list[str] = field(default_factory=list)
     thresholds: list[float] = field(default_factory=list)
     default_threshold: float = DEFAULT_THRESHOLD
+    interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
         if isinstance(self.head, Mapping):
@@ -206,6 +211,10 @@ class ModelSpec:
             raise RunDirError(f"input size {h}x{w} must be positive")
         if self.resize not in RESIZE_MODES:
             raise RunDirError(f"input resize must be one of {RESIZE_MODES}, not {self.resize!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise RunDirError(
+                f"input interpolation must be one of {INTERPOLATIONS}, not {self.interpolation!r}"
+            )
         if len(self.thresholds) != len(self.attribute_names):
             raise RunDirError(
                 f"{len(self.thresholds)} attribute thresholds for "
@@ -228,6 +237,7 @@ class ModelSpec:
                 "mean": list(self.mean),
                 "std": list(self.std),
                 "resize": self.resize,
+                "interpolation": self.interpolation,
             },
             "taxonomy": self.taxonomy.to_dict(),
             "attributes": {
@@ -258,6 +268,7 @@ class ModelSpec:
                 attribute_names=names,
                 thresholds=[float(t) for t in attrs.get("thresholds") or [default] * len(names)],
                 default_threshold=default,
+                interpolation=str(inp.get("interpolation", "bilinear")),
             )
         except (KeyError, TypeError, ValueError, AttributeError, TaxonomyError, ModelError) as exc:
             raise RunDirError(f"model.json is malformed ({type(exc).__name__}: {exc})") from exc

@@ -130,9 +130,10 @@ def load_split(
         )
     rels = part.table.column("image").to_pylist()
     h, w = spec.input_size
-    key = hashlib.sha256(
-        "\n".join([f"{h}x{w}x{spec.channels}-{spec.resize}", *rels]).encode()
-    ).hexdigest()[:16]
+    # bilinear adds nothing to the key, so caches written before the filter was a choice stay valid
+    pre = f"{h}x{w}x{spec.channels}-{spec.resize}"
+    pre += "" if spec.interpolation == "bilinear" else f"-{spec.interpolation}"
+    key = hashlib.sha256("\n".join([pre, *rels]).encode()).hexdigest()[:16]
     cache = Path(cache_dir) / f"{split}-{h}x{w}x{spec.channels}-{key}.npz"
     if cache.is_file():
         with np.load(cache) as z:

@@ -37,7 +37,7 @@ from fashion_tagger.model.backbones import backbone_data_config
 from fashion_tagger.model.load import FashionModel, build_model
 from fashion_tagger.model.preprocess import normalize_tensor
 from fashion_tagger.model.rundir import RunDir, RunPaths, save_model
-from fashion_tagger.model.spec import ModelSpec
+from fashion_tagger.model.spec import INTERPOLATIONS, ModelSpec
 from fashion_tagger.model.weights import LoadedWeights, load_backbone_weights, resolve_weights
 from fashion_tagger.training import data as tdata
 from fashion_tagger.training.callbacks import ClockSchedule, EpochLog, StepTimer
@@ -49,11 +49,13 @@ def resolve_spec(
     ds: Dataset, config: TrainConfig, weights: LoadedWeights | None = None
 ) -> ModelSpec:
     """The model's input/taxonomy/attribute spec from the dataset and the config; the
-    normalisation is the one the pretrained weights were trained with, when they say."""
+    normalisation and resampling filter are the ones the pretrained weights were trained with,
+    when they say."""
     m, d = config.model, config.data
     defaults = backbone_data_config(m.backbone, d.channels)
     if weights is not None and weights.mean and weights.std and d.channels == 3:
         defaults = {**defaults, "mean": tuple(weights.mean), "std": tuple(weights.std)}
+    interpolation = weights.interpolation if weights is not None else None
     return ModelSpec(
         model_id="",
         backbone={
@@ -69,6 +71,7 @@ def resolve_spec(
         resize=d.resize,
         taxonomy=ds.taxonomy,
         attribute_names=ds.attribute_names,
+        interpolation=interpolation if interpolation in INTERPOLATIONS else "bilinear",
     )
 
 
