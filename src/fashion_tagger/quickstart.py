@@ -121,7 +121,7 @@ def quickstart(
     from fashion_tagger.evaluation.curves import draw_curves
     from fashion_tagger.inference.predict import predict_paths
     from fashion_tagger.model.rundir import RunDir, RunPaths
-    from fashion_tagger.training.budget import plan_budget
+    from fashion_tagger.training.budget import fit_to_budget
     from fashion_tagger.training.train import train
 
     if minutes <= 0:
@@ -142,12 +142,9 @@ def quickstart(
         run = RunDir.open(run_dir)
     else:
         config = _train_config(kind, workers, progress)
-        if not config.model.freeze_backbone:  # heads on cached features take seconds an epoch
-            epochs, fraction = plan_budget(
-                config, counts.get("train", 0), minutes, counts.get("val", 0)
-            )
-            config = replace(config, epochs=epochs, train_fraction=fraction)
-        config = replace(config, max_time=str(minutes))
+        config = fit_to_budget(
+            replace(config, max_time=str(minutes)), counts.get("train", 0), counts.get("val", 0)
+        )
         resume = RunPaths(run_dir).last_ckpt.is_file()
         run = train(dataset_dir, run_dir, None if resume else config, resume=resume)
         draw_curves(run)

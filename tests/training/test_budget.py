@@ -78,3 +78,29 @@ def test_plans_fit_their_budget(monkeypatch, n_train, n_val, minutes, pretrained
         assert spent == pytest.approx(target, rel=0.01, abs=0.01)
     elif fraction == 1.0:  # whole epochs: the nearest whole number of them
         assert abs(spent - target) <= epoch / 2 + 1e-6 or epochs == 1
+
+
+def test_cli_max_time_without_epochs_trains_the_planned_epochs(fake_steps, tmp_path):
+    """`train --max-time M` sizes its epochs to M on this machine; `--epochs` still wins."""
+    from run_fixtures import make_synthetic_dataset, one_thread
+    from typer.testing import CliRunner
+
+    from fashion_tagger.cli import app
+    from fashion_tagger.dataset.core import Dataset
+    from fashion_tagger.model.rundir import RunDir
+
+    ds = make_synthetic_dataset(tmp_path / "ds", n=40)
+    counts = Dataset.open(ds).labelled().split_counts()
+    common = ["--image-size", "24x20", "--hidden", "8", "--batch-size", "8", "--workers", "0",
+              "--no-progress", "--max-time", "0.05"]  # fmt: skip
+    planned = budget.plan_budget(TrainConfig(batch_size=8), counts["train"], 0.05, counts["val"])
+    assert planned[0] not in (1, TrainConfig().epochs)  # the plan is what decides, not a default
+    with one_thread():
+        res = CliRunner().invoke(app, ["train", str(ds), "--out", str(tmp_path / "a"), *common])
+        fixed = ["train", str(ds), "--out", str(tmp_path / "b"), "--epochs", "1", *common]
+        res_fixed = CliRunner().invoke(app, fixed)
+    assert res.exit_code == 0 and res_fixed.exit_code == 0, res.output + res_fixed.output
+    assert f"{planned[0]} epochs" in res.stdout
+    training = RunDir.open(tmp_path / "a").config["training"]
+    assert (training["epochs"], training["train_fraction"]) == planned
+    assert RunDir.open(tmp_path / "b").config["training"]["epochs"] == 1

@@ -43,7 +43,11 @@ RESIZE = _opt(
     help="squash; pad (keep the aspect, pad white); or fashion-mnist (Zalando's conversion, for a "
     "model trained on Fashion-MNIST that tags real product photos).",
 )
-EPOCHS = _opt(_T.epochs, "--epochs", help="Passes over the train split.")
+EPOCHS = _opt(
+    None,
+    "--epochs",
+    help=f"Passes over the train split (default: as many as fit --max-time, else {_T.epochs}).",
+)
 BATCH_SIZE = _opt(_T.batch_size, "--batch-size", help="Images per training step.")
 LR = _opt(str(_T.lr), "--lr", help="Peak learning rate, or auto (LR finder).")
 WEIGHT_DECAY = _opt(_T.weight_decay, "--weight-decay", help="AdamW weight decay of the backbone.")
@@ -130,7 +134,7 @@ def train_cmd(
     image_size: str = IMAGE_SIZE,
     channels: int = CHANNELS,
     resize: str = RESIZE,
-    epochs: int = EPOCHS,
+    epochs: int | None = EPOCHS,
     batch_size: int = BATCH_SIZE,
     lr: str = LR,
     weight_decay: float = WEIGHT_DECAY,
@@ -194,18 +198,34 @@ def train_cmd(
                 backbone_lr_scale=backbone_lr_scale, freeze_bn=freeze_bn,
                 channels_last=channels_last,
             ),
-            epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+            epochs=_T.epochs if epochs is None else epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
             schedule=schedule, label_smoothing=label_smoothing, precision=precision,
             accelerator=accelerator, strategy=strategy,
             devices=_devices(devices), num_nodes=num_nodes, seed=seed, max_time=max_time,
             checkpoint_every=checkpoint_every, train_fraction=train_fraction, progress=progress,
         )  # fmt: skip
+        if epochs is None and config.max_time:  # size the run to its budget on this machine
+            config = _fit_budget(config, dataset_dir, quiet=as_json)
         run = train(dataset_dir, out, config)
     if run.config:  # rank 0 of a distributed run, or a single process: it owns the run dir
         from fashion_tagger.evaluation.curves import draw_curves
 
         draw_curves(run.path)
         _print_run(run, as_json)
+
+
+def _fit_budget(config: TrainConfig, dataset_dir: str, quiet: bool) -> TrainConfig:
+    from fashion_tagger.dataset.core import Dataset
+    from fashion_tagger.training.budget import fit_to_budget
+
+    counts = Dataset.open(dataset_dir).labelled().split_counts()
+    planned = fit_to_budget(config, counts.get("train", 0), counts.get("val", 0))
+    if planned is not config and not quiet:
+        share = f" of {planned.train_fraction:.0%} of the train batches" * (
+            planned.train_fraction < 1
+        )
+        console.print(f"--max-time {config.max_time}: {planned.epochs} epochs{share} fit")
+    return planned
 
 
 def _print_run(run, as_json: bool) -> None:

@@ -7,13 +7,42 @@ difference while it runs.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import replace
 
 import torch
 
 from fashion_tagger.model.backbones import backbone_data_config, create_backbone
-from fashion_tagger.training.config import TrainConfig
+from fashion_tagger.training.config import TrainConfig, parse_max_time
+
+
+def fit_to_budget(config: TrainConfig, n_train: int, n_val: int) -> TrainConfig:
+    """`config` with as many epochs (and, below one epoch, as large a train fraction) as fit
+    its `max_time` (`train --max-time` without `--epochs`, `quickstart`).
+
+    Unchanged without a budget, for heads on cached features (seconds an epoch: their epochs
+    are a choice, not a cost) and for distributed runs (each process would time its own steps
+    and could plan other epochs than the rest, which would hang the run).
+    """
+    max_time = parse_max_time(config.max_time)
+    if not max_time or config.model.freeze_backbone or not _one_process(config):
+        return config
+    seconds = sum(max_time[k] * s for k, s in (("days", 86400), ("hours", 3600), ("minutes", 60)))
+    minutes = (seconds + max_time["seconds"]) / 60
+    epochs, fraction = plan_budget(config, n_train, minutes, n_val)
+    return replace(config, epochs=epochs, train_fraction=fraction)
+
+
+def _one_process(config: TrainConfig) -> bool:
+    """Whether the run trains in this process alone (no DDP over devices, nodes or torchrun)."""
+    if config.num_nodes > 1 or str(config.strategy).startswith("ddp"):
+        return False
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return False
+    if config.devices == "auto":  # Lightning takes every GPU there is
+        return config.accelerator == "cpu" or torch.cuda.device_count() <= 1
+    return str(config.devices) == "1"
 
 
 def plan_budget(
