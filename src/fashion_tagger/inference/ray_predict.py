@@ -7,11 +7,15 @@ in the output dir is skipped, so a killed job resumes where it stopped and a del
 the only one rewritten. The plan (the sorted paths of each partition) is kept in `_plan.json`
 beside them, and a re-run whose input no longer matches it is refused rather than mixed in.
 
-The pipeline is Ray Data's: read + decode as CPU tasks (the model's own preprocessing, read
-from model.json), then a `map_batches` actor pool where each actor holds one `Tagger` (one ONNX
-Runtime session, or the torch model when the run dir has no model.onnx). The driver gathers each
-partition's rows and writes it atomically, with the schema and values of the local `predict`
-Parquet output. Ray is an optional extra, imported only here.
+The pipeline is Ray Data's: read, decode (the model's own preprocessing, read from
+model.json), then a `map_batches` actor pool where each actor holds one `Tagger` (one ONNX
+Runtime session, or the torch model when the run dir has no model.onnx; an ONNX actor never
+imports torch). Decoding runs in CPU tasks of its own when the actors hold GPUs, so they only run
+the model; on CPUs each actor decodes its batches in threads beside its model, as the local
+`predict` does, which measured faster than shipping pixels between processes (`DECODE_MODES`,
+BENCHMARKS.md). The driver gathers each partition's rows and writes it atomically, with the
+schema and values of the local `predict` Parquet output. Ray is an optional extra, imported only
+here.
 """
 
 from __future__ import annotations
@@ -22,17 +26,20 @@ import logging
 import math
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from fashion_tagger import storage
 from fashion_tagger._io import write_bytes_atomic
 from fashion_tagger.dataset import manifest
 from fashion_tagger.errors import FashionTaggerError, require
 from fashion_tagger.inference.predict import _parquet_schema, expand_inputs
-from fashion_tagger.inference.tagger import Prediction, Tagger
+from fashion_tagger.inference.tagger import BACKENDS, Prediction, Tagger, _onnx_available
 from fashion_tagger.model.preprocess import decode_for_model, normalize, to_uint8
+from fashion_tagger.model.rundir import RunDir
 
 PLAN_FILE = "_plan.json"
 PART_PATTERN = "part-{:05d}.parquet"
@@ -42,8 +49,10 @@ MANIFEST_EXTS = (".parquet", ".pq", ".csv")
 
 
 # -- inputs -------------------------------------------------------------------------------------
-def _is_url(path: str) -> bool:
-    return "://" in path
+def _fsspec(location: str) -> bool:
+    """Whether to read `location` through fsspec: object storage (`storage.is_url`) or a
+    `file://` URL, which storage counts as local but `Path` and Pillow cannot open."""
+    return storage.is_url(location) or location.lower().startswith("file://")
 
 
 def _fs(url: str):
@@ -58,7 +67,7 @@ def _read_table(path: str):
     import pyarrow.parquet as pq
 
     reader = pcsv.read_csv if path.lower().endswith(".csv") else pq.read_table
-    if not _is_url(path):
+    if not _fsspec(path):
         return reader(path)
     fs, inner = _fs(path)
     with fs.open(inner, "rb") as f:
@@ -67,9 +76,9 @@ def _read_table(path: str):
 
 def _join(base: str, rel: str) -> str:
     """`rel` inside `base` (a folder path or URL); absolute paths and URLs stay as they are."""
-    if _is_url(rel) or Path(rel).is_absolute():
+    if _fsspec(rel) or Path(rel).is_absolute():
         return rel
-    return f"{base.rstrip('/')}/{rel}" if _is_url(base) else str(Path(base) / rel)
+    return f"{base.rstrip('/')}/{rel}" if _fsspec(base) else str(Path(base) / rel)
 
 
 def _manifest_paths(path: str) -> list[str]:
@@ -80,13 +89,13 @@ def _manifest_paths(path: str) -> list[str]:
             f"{path} has no image column; name one of its columns {', '.join(PATH_COLUMNS)} "
             f"(it has {', '.join(table.column_names)})"
         )
-    base = path.rsplit("/", 1)[0] if _is_url(path) else str(Path(path).parent)
+    base = path.rsplit("/", 1)[0] if _fsspec(path) else str(Path(path).parent)
     return [_join(base, str(v)) for v in table.column(column).to_pylist() if v]
 
 
 def _is_dataset_dir(source: str) -> bool:
     files = (manifest.ITEMS_FILE, manifest.INFO_FILE)
-    if _is_url(source):
+    if _fsspec(source):
         fs, inner = _fs(source)
         return all(fs.exists(f"{inner.rstrip('/')}/{f}") for f in files)
     return all((Path(source) / f).is_file() for f in files)
@@ -115,13 +124,13 @@ def resolve_source(source: str | Path | Sequence[str | Path]) -> list[str]:
     """
     if not isinstance(source, str | Path):
         return sorted(p for s in source for p in resolve_source(s))
-    text = str(source)
+    text = storage.normalize(source)
     if _is_dataset_dir(text):
         rels = _read_table(_join(text, manifest.ITEMS_FILE)).column("image").to_pylist()
         paths = [_join(text, r) for r in rels]
     elif text.lower().endswith(MANIFEST_EXTS):
         paths = _manifest_paths(text)
-    elif _is_url(text):
+    elif _fsspec(text):
         paths = _remote_images(text)
     else:
         paths = [str(p) for p in expand_inputs([text]) if p.exists()]
@@ -144,8 +153,8 @@ class _Out:
     """The output dir, local (atomic temp file + rename) or an fsspec URL (one PUT per file)."""
 
     def __init__(self, root: str | Path) -> None:
-        self.root = str(root).rstrip("/")
-        self.fs, self.inner = _fs(self.root) if _is_url(self.root) else (None, self.root)
+        self.root = storage.normalize(root).rstrip("/")
+        self.fs, self.inner = _fs(self.root) if _fsspec(self.root) else (None, self.root)
 
     def path(self, name: str) -> str:
         return f"{self.root}/{name}"
@@ -182,73 +191,140 @@ def _check_plan(out: _Out, plan: dict[str, Any]) -> None:
 
 
 # -- the pipeline's steps (they run on the cluster) ----------------------------------------------
-def decode_batch(batch: dict[str, np.ndarray], spec: Any) -> dict[str, np.ndarray]:
-    """Ray task: read and decode a batch of images to uint8 (N, C, H, W) at the model's size.
+DECODE_MODES = ("auto", "actor", "tasks")
+"""Where images are decoded: `actor` in threads of each model actor (no pixels move between
+processes; the fastest on CPU), `tasks` in CPU tasks of their own that feed the actors (so
+GPU actors only run the model), `auto` = `tasks` with GPUs, else `actor`."""
 
-    A path is read by Pillow as the local `predict` reads it; a URL through fsspec. An image
-    that cannot be read gets zero pixels and its reason in `error`, never an exception.
+MODEL_BATCH = 64
+"""Images per model call inside an actor that decodes: its threads decode the next images
+while the model runs on these, as the local `predict` overlaps decoding and the model."""
+
+
+def _read_pixels(path: str, spec: Any) -> np.ndarray | str:
+    """One image as uint8 (C, H, W) at the model's size, or the reason it cannot be read.
+
+    A path is read by Pillow as the local `predict` reads it; a URL through fsspec. The errors
+    caught are `Tagger._load`'s, so an unreadable image is a row with `error`, never a crash.
     """
+    try:
+        source: Any = path
+        if _fsspec(path):
+            fs, inner = _fs(path)
+            source = fs.cat_file(inner)
+        return to_uint8(decode_for_model(source, spec), spec)
+    except (FashionTaggerError, OSError, ValueError) as exc:
+        return str(exc) or type(exc).__name__
+
+
+def decode_batch(batch: dict[str, np.ndarray], spec: Any) -> dict[str, np.ndarray]:
+    """Ray task (`--decode tasks`): read and decode a batch to uint8 (N, C, H, W) pixels, with
+    each unreadable image's reason in `error` (its pixels zero)."""
     h, w = spec.input_size
     n = len(batch["path"])
     pixels = np.zeros((n, spec.channels, h, w), dtype=np.uint8)
     errors = []
     for i, path in enumerate(batch["path"]):
-        try:
-            source: Any = path
-            if _is_url(path):
-                fs, inner = _fs(path)
-                source = fs.cat_file(inner)
-            pixels[i] = to_uint8(decode_for_model(source, spec), spec)
+        loaded = _read_pixels(str(path), spec)
+        if isinstance(loaded, str):
+            errors.append(loaded)
+        else:
+            pixels[i] = loaded
             errors.append("")
-        except (FashionTaggerError, OSError, ValueError) as exc:  # as `Tagger._load`
-            errors.append(str(exc) or type(exc).__name__)
     return {**batch, "pixels": pixels, "error": np.asarray(errors, dtype=object)}
 
 
 class TaggerActor:
     """Ray actor: one `Tagger` (an ONNX Runtime session or the torch model) per actor, loaded
-    once, decoding its batches into rows of the local `predict` Parquet schema."""
+    once, turning its batches into rows of the local `predict` Parquet schema.
+
+    A batch with `pixels` was decoded by the decode tasks; a batch of paths alone is decoded
+    here by `decode_threads` threads, `MODEL_BATCH` images ahead of the model.
+    """
 
     def __init__(
-        self, run_dir: str, backend: str, top_k: int, device: str = "cpu", threads: int = 1
+        self,
+        run_dir: str,
+        backend: str,
+        top_k: int,
+        device: str = "cpu",
+        threads: int = 1,
+        decode_threads: int = 0,
     ) -> None:
-        if device != "cpu" and backend in ("auto", "torch"):
-            from fashion_tagger.inference.tagger import TorchBackend
-            from fashion_tagger.model import RunDir
+        run = RunDir.open(run_dir)
+        gpu = device != "cpu" and backend in ("auto", "torch")
+        name = "torch" if gpu else _backend_name(run, backend)
+        if name == "onnx":  # imports onnxruntime only: no torch in an ONNX actor
+            from fashion_tagger.inference.onnx import OnnxBackend
 
-            run = RunDir.open(run_dir)
-            self.tagger = Tagger(run.spec, TorchBackend(run, device=device), "torch")
+            model: Any = OnnxBackend(run.onnx, threads=threads)
         else:
-            self.tagger = Tagger.load(run_dir, backend=backend)
-            if self.tagger.backend_name == "torch":  # torch is imported by then; ONNX is not
-                import torch
+            import torch
 
-                torch.set_num_threads(threads)
+            from fashion_tagger.inference.tagger import TorchBackend
+
+            torch.set_num_threads(threads)
+            model = TorchBackend(run, device=device if gpu else "cpu")
+        # threads as the CPUs reserved: two actors on two cores do not fight over them
+        self.tagger = Tagger(run.spec, model, name)
         self.top_k = top_k
+        self.pool = ThreadPoolExecutor(decode_threads) if decode_threads > 0 else None
 
-    def __call__(self, batch: dict[str, np.ndarray]):
-        import pyarrow as pa
-
-        spec = self.tagger.spec
-        names = [str(p) for p in batch["path"]]
-        errors = batch["error"]
-        good = [i for i, e in enumerate(errors) if not e]
-        preds: list[Prediction] = [
-            Prediction(image=n, error=e or None) for n, e in zip(names, errors, strict=True)
+    def _tag(self, names: list[str], loaded: Sequence[np.ndarray | str]) -> list[Prediction]:
+        """Predictions of images already decoded (an error string where one was not)."""
+        preds = [
+            Prediction(image=n, error=a if isinstance(a, str) else None)
+            for n, a in zip(names, loaded, strict=True)
         ]
+        good = [i for i, a in enumerate(loaded) if not isinstance(a, str)]
         if good:
-            x = normalize(np.asarray(batch["pixels"])[good], spec)
+            x = normalize(np.stack([loaded[i] for i in good]), self.tagger.spec)
             decoded = self.tagger.decode(
                 self.tagger.predict_arrays(x), top_k=self.top_k, names=[names[i] for i in good]
             )
             for i, p in zip(good, decoded, strict=True):
                 preds[i] = p
+        return preds
+
+    def __call__(self, batch: dict[str, np.ndarray]):
+        import pyarrow as pa
+
+        names = [str(p) for p in batch["path"]]
+        if "pixels" in batch:
+            pixels, errors = batch["pixels"], batch["error"]
+            preds = self._tag(names, [e or pixels[i] for i, e in enumerate(errors)])
+        else:
+            if self.pool is None:  # a decoding actor without threads: one at a time
+                self.pool = ThreadPoolExecutor(1)
+            spec = self.tagger.spec
+            pending = [self.pool.submit(_read_pixels, n, spec) for n in names]
+            preds = []
+            for s in range(0, len(names), MODEL_BATCH):
+                loaded = [f.result() for f in pending[s : s + MODEL_BATCH]]
+                preds += self._tag(names[s : s + MODEL_BATCH], loaded)
         table = pa.Table.from_pylist([p.to_dict() for p in preds], schema=_parquet_schema())
         table = table.append_column("_part", pa.array(batch["part"], pa.int64()))
         return table.append_column("_pos", pa.array(batch["pos"], pa.int64()))
 
 
 # -- the driver -----------------------------------------------------------------------------------
+def _backend_name(run: RunDir, backend: str) -> str:
+    """The backend the actors will load, checked on the driver as `Tagger.load` checks it, but
+    without loading a model here: the driver only plans and writes."""
+    if backend not in BACKENDS:
+        raise FashionTaggerError(f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    if backend == "auto":
+        return "onnx" if _onnx_available(run) else "torch"
+    if backend == "onnx":
+        if not run.onnx.is_file():
+            raise FashionTaggerError(
+                f"{run.path} has no {run.onnx.name}; create it with `fashion-tagger export "
+                f"{run.path} --format onnx` or use --backend torch"
+            )
+        require("onnxruntime", "onnx")
+    return backend
+
+
 def _ray(address: str | None, num_cpus: int | None):
     """Ray, connected: to `address`, to the cluster this process already joined, or to a new
     local one (shut down by the caller)."""
@@ -264,10 +340,6 @@ def _ray(address: str | None, num_cpus: int | None):
     return ray, started
 
 
-def _spread() -> dict[str, Any]:
-    return {"scheduling_strategy": "SPREAD"}
-
-
 def _write_partition(out: _Out, name: str, tables: list) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -281,49 +353,51 @@ def _write_partition(out: _Out, name: str, tables: list) -> int:
     return sum(1 for e in table.column("error").to_pylist() if e is not None)
 
 
-def _run_pipeline(
-    ray, parts, pending, run_dir, spec, out: _Out, options
-) -> tuple[int, float | None]:
-    """Decode tasks -> actor pool -> the driver, which writes each partition once complete;
-    returns the number of unreadable images and the seconds until the first rows came back."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
+def _items(ray, parts: list[list[str]], pending: list[int], block: int):
+    """The pending images as a dataset of (part, pos, path) rows in blocks of about `block`.
 
-    rows = [(k, j, p) for k in pending for j, p in enumerate(parts[k])]
-    items = pa.table(
-        {
-            "part": pa.array([r[0] for r in rows], pa.int64()),
-            "pos": pa.array([r[1] for r in rows], pa.int64()),
-            "path": pa.array([r[2] for r in rows], pa.string()),
-        }
-    )
-    block = max(1, options["batch_size"])
-    data = ray.data.from_arrow([items.slice(i, block) for i in range(0, len(items), block)])
-    # decode tasks spread over the cluster's CPUs; giving them their remote args through a
-    # function also keeps Ray from fusing them into the model actors, where decode and model
-    # would run one after the other in one process
-    data = data.map_batches(
-        decode_batch,
-        fn_kwargs={"spec": spec},
-        batch_format="numpy",
-        num_cpus=options["decode_cpus"],
-        ray_remote_args_fn=_spread,
-    )
+    `from_items` builds the blocks here; `from_arrow` would run a remote task per block to
+    read its schema, which waits for free CPUs (measured 1.5 to 2.8 s of a job's start-up when
+    the previous job's actors still held them).
+    """
+    rows = [{"part": k, "pos": j, "path": p} for k in pending for j, p in enumerate(parts[k])]
+    return ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / block)))
+
+
+def _dataset(ray, data, run_dir, spec, options: dict[str, Any]):
+    """The Ray Data plan: paths -> [decode tasks] -> the model's actor pool."""
     gpus = options["num_gpus"]
+    decode = options["decode"]
+    if decode == "auto":
+        decode = "tasks" if gpus else "actor"
+    if decode == "tasks":
+        # with other resources than the actors' (always so with GPUs), Ray Data runs these
+        # as tasks of their own spread over the cluster; with the same, it fuses them into
+        # the actors, where they run before the model one batch at a time
+        data = data.map_batches(
+            decode_batch,
+            fn_kwargs={"spec": spec},
+            batch_format="numpy",
+            compute=ray.data.TaskPoolStrategy(),
+            num_cpus=options["decode_cpus"],
+        )
     size = options["concurrency"]
     pool = (
         ray.data.ActorPoolStrategy(min_size=size[0], max_size=size[1])
         if isinstance(size, tuple)
         else ray.data.ActorPoolStrategy(size=size)
     )
-    data = data.map_batches(
+    threads = max(1, math.ceil(options["cpus_per_actor"]))
+    return data.map_batches(
         TaggerActor,
         fn_constructor_kwargs={
             "run_dir": str(run_dir),
             "backend": options["backend"],
             "top_k": options["top_k"],
             "device": "cuda" if gpus else "cpu",
-            "threads": max(1, math.ceil(options["cpus_per_actor"])),
+            "threads": threads,
+            # as the local predict: more decode threads than cores, as reads wait on disks
+            "decode_threads": 0 if decode == "tasks" else 2 * threads,
         },
         batch_size=options["batch_size"],
         batch_format="numpy",
@@ -331,13 +405,24 @@ def _run_pipeline(
         num_gpus=gpus or None,
         num_cpus=options["cpus_per_actor"],
     )
+
+
+def _run_pipeline(
+    ray, parts, pending, run_dir, spec, out: _Out, options
+) -> tuple[int, float | None]:
+    """The plan's rows come back to the driver, which writes each partition once complete;
+    returns the number of unreadable images and the seconds until the first rows came back."""
+    import pyarrow.compute as pc
+
+    items = _items(ray, parts, pending, max(1, options["batch_size"]))
+    data = _dataset(ray, items, run_dir, spec, options)
     waiting: dict[int, list] = {k: [] for k in pending}
     have = dict.fromkeys(pending, 0)
     errors = 0
     started = time.perf_counter()
     first_rows_s = None
     for batch in data.iter_batches(batch_format="pyarrow", batch_size=None):
-        if first_rows_s is None:  # the job's fixed cost: workers and actors starting
+        if first_rows_s is None:  # the job's fixed cost: planning, actors, the first batch
             first_rows_s = round(time.perf_counter() - started, 2)
         for k in set(batch.column("_part").to_pylist()):
             piece = batch.filter(pc.equal(batch.column("_part"), k))
@@ -364,6 +449,7 @@ def predict_ray(
     partition_size: int = 1000,
     cpus_per_actor: float = 1,
     decode_cpus: float = 1,
+    decode: str = "auto",
     num_cpus: int | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
@@ -374,12 +460,14 @@ def predict_ray(
             joined, else a new local one (of `num_cpus` CPUs).
         concurrency: model actors (or `(min, max)` to autoscale), each holding one model.
         num_gpus: GPUs per actor; with GPUs the torch model runs on CUDA.
-        batch_size: images per model call and per decode task (256 measured best on 2 cores:
+        batch_size: images per actor call and per decode task (256 measured best on 2 cores:
             fewer tasks and object transfers; see benchmarks/ray_bench.py).
         partition_size: images per output file; the unit of resuming.
-        cpus_per_actor: CPUs each actor reserves (and its torch threads); below 1 when the
-            model is light next to decoding, so the decode tasks get more of the CPUs.
+        cpus_per_actor: CPUs each actor reserves, and its model's threads (rounded up); with
+            decode tasks, below 1 when the model is light next to decoding.
         decode_cpus: CPUs each decode task reserves (below 1 runs more of them per core).
+        decode: where images are decoded (`DECODE_MODES`): in the actors' threads, or in
+            tasks of their own (the default with GPUs).
 
     Returns:
         A summary: images, errors (in the partitions written now), partitions, `written` and
@@ -391,8 +479,11 @@ def predict_ray(
     """
     if batch_size < 1 or top_k < 1 or partition_size < 1:
         raise FashionTaggerError("--batch-size, --top-k and --partition-size must be 1 or more")
+    if decode not in DECODE_MODES:
+        raise FashionTaggerError(f"--decode must be one of {', '.join(DECODE_MODES)}")
     started_at = time.perf_counter()
-    tagger = Tagger.load(run_dir, backend="torch" if num_gpus else backend)
+    run = RunDir.open(run_dir)
+    backend_name = _backend_name(run, "torch" if num_gpus else backend)
     paths = resolve_source(source)
     parts = plan_partitions(paths, partition_size)
     out = _Out(out_dir)
@@ -400,7 +491,7 @@ def predict_ray(
     _check_plan(
         out,
         {
-            "model_id": tagger.spec.model_id,
+            "model_id": run.spec.model_id,
             "partition_size": partition_size,
             "top_k": top_k,
             "partitions": [
@@ -423,9 +514,10 @@ def predict_ray(
                 "concurrency": concurrency,
                 "cpus_per_actor": cpus_per_actor,
                 "decode_cpus": decode_cpus,
+                "decode": decode,
             }
             errors, first_rows_s = _run_pipeline(
-                ray, parts, pending, run_dir, tagger.spec, out, options
+                ray, parts, pending, run.path, run.spec, out, options
             )
         finally:
             if started:
@@ -439,6 +531,6 @@ def predict_ray(
         "written": [names[k] for k in pending],
         "skipped": [n for k, n in enumerate(names) if k not in set(pending)],
         "out": out.root,
-        "backend": tagger.backend_name,
+        "backend": backend_name,
         "seconds": round(time.perf_counter() - started_at, 2),
     }
