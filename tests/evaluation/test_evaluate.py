@@ -173,6 +173,102 @@ def test_calibrate_stores_max_f1_thresholds(tiny, tmp_path):
         assert a["precision"] >= 0.95 or "unreachable" in a["note"]
 
 
+def _ece(conf, right, bins=15):
+    """ECE by its definition, bin by bin (independent of `model.calibration`)."""
+    conf, right = np.asarray(conf), np.asarray(right, dtype=float)
+    total = 0.0
+    for b in range(bins):
+        lo, hi = b / bins, (b + 1) / bins
+        inside = (conf >= lo) & ((conf < hi) if b < bins - 1 else (conf <= hi))
+        if inside.any():
+            total += inside.mean() * abs(right[inside].mean() - conf[inside].mean())
+    return total
+
+
+def test_evaluate_reports_the_calibration_of_the_path_confidence(tiny, evaluated):
+    """ECE of the confidence predict reports (top_k[0].score) against whole-path correctness;
+    the tiny run's val split is too small to fit temperatures, so before equals after."""
+    run_dir, data_dir = tiny
+    c = evaluated["calibration"]
+    assert c["temperature"] == {"shape": 1.0, "colour": 1.0}
+    test = Dataset.open(data_dir).split("test")
+    preds = Tagger.load(run_dir, backend="torch").predict(
+        [test.image_path(i) for i in range(1, len(test))]
+    )
+    conf = [p.top_k[0]["score"] for p in preds]
+    right = [p.labels == list(t) for p, t in zip(preds, test.labels[1:], strict=True)]
+    assert c["ece_path"]["bins"] == 15
+    assert c["ece_path"]["after"] == pytest.approx(_ece(conf, right), abs=1e-6)
+    assert c["ece_path"]["before"] == pytest.approx(c["ece_path"]["after"], abs=1e-6)
+    assert c["mean_confidence"] == pytest.approx(np.mean(conf), abs=1e-6)
+    assert c["path_accuracy"] == pytest.approx(np.mean(right))
+    assert sum(b["n"] for b in c["reliability"]) == evaluated["dataset"]["n_images"]
+    assert '<section id="calibration">' in (run_dir / "report.html").read_text()
+
+
+def test_calibrate_refits_temperatures_from_t_one(tiny, tmp_path):
+    """calibrate fits each level's T at the NLL minimum of the model's own probabilities (not
+    on top of the stored T: a second calibrate gives the same T), stores it in model.json, and
+    evaluate then reports the ECE with and without it."""
+    import pyarrow as pa
+
+    run_src, data_src = tiny
+    run_dir = shutil.copytree(run_src, tmp_path / "run")
+    # val and test together: unseen rows, and over the 50 a level needs for a fit
+    data_dir = shutil.copytree(data_src, tmp_path / "data")
+    ds = Dataset.open(data_dir)
+    splits = ["train" if s == "train" else "val" for s in ds.table.column("split").to_pylist()]
+    ds.with_table(ds.table.set_column(ds.table.schema.get_field_index("split"), "split",
+                                      pa.array(splits))).save()  # fmt: skip
+    r = calibrate(run_dir, data_dir, "val", progress=False)
+    fit = r["temperature"]
+    temps = fit["temperature"]
+    assert fit["previous"] == {"shape": 1.0, "colour": 1.0} and fit["note"] == ""
+    assert all(t != pytest.approx(1.0, abs=0.02) for t in temps.values())
+    run = RunDir.open(run_dir)
+    assert run.spec.temperatures == pytest.approx(tuple(temps.values()), rel=1e-5)
+    assert run.config["temperature_fit"]["split"] == "val"
+    assert run.config["metrics"]["val_ece_after"] == fit["ece_path"]["after"]
+    for level in temps:
+        assert fit["nll"]["after"][level] <= fit["nll"]["before"][level] + 1e-9
+
+    # brute force: the stored T is the NLL minimum of the model's probabilities on that split
+    from fashion_tagger.model.preprocess import load_for_model
+
+    val = Dataset.open(data_dir).split("val")
+    readable = [i for i in range(len(val)) if val.image_path(i).read_bytes()[:4] != b"not "]
+    raw = Tagger.load(run_src, backend="torch")  # T = 1
+    x = np.stack([load_for_model(val.image_path(i), raw.spec) for i in readable])
+    levels = raw.predict_arrays(x).levels
+    truth = [raw.spec.taxonomy.encode(val.labels[i]) for i in readable]
+    for lvl, (name, t) in enumerate(temps.items()):
+        y = np.array([p[lvl] for p in truth])
+        logp = np.log(np.maximum(levels[lvl].astype(np.float64), 1e-12))
+
+        def nll(temp, logp=logp, y=y):
+            z = logp / temp
+            z = z - z.max(1, keepdims=True)
+            return float(np.mean(np.log(np.exp(z).sum(1)) - z[np.arange(len(y)), y]))
+
+        assert nll(t) <= min(nll(t * 1.05), nll(t / 1.05))
+        assert nll(t) == pytest.approx(fit["nll"]["after"][name], abs=1e-5)
+
+    again = calibrate(run_dir, data_dir, "val", progress=False)["temperature"]
+    assert again["temperature"] == pytest.approx(temps, rel=1e-4)
+    assert again["previous"] == pytest.approx(temps, rel=1e-5)
+
+    m = evaluate(run_dir, data_dir, "val", progress=False)["calibration"]
+    assert m["temperature"] == pytest.approx(temps, rel=1e-5)
+    assert m["ece_path"]["after"] == pytest.approx(fit["ece_path"]["after"], abs=1e-5)
+    assert m["ece_path"]["before"] == pytest.approx(fit["ece_path"]["before"], abs=1e-4)
+
+    # a split too small to fit keeps T = 1 and says so, in model.json too
+    small = calibrate(run_dir, data_src, "val", progress=False)["temperature"]
+    assert small["temperature"] == {"shape": 1.0, "colour": 1.0}
+    assert "(< 50), T kept at 1.0" in small["note"]
+    assert RunDir.open(run_dir).spec.temperatures == (1.0, 1.0)
+
+
 def test_user_errors_are_one_line(tiny, monkeypatch, capsys):
     run_dir, data_dir = tiny
     with pytest.raises(EvaluationError, match="--split"):

@@ -105,6 +105,37 @@ def test_the_threshold_splits_labelled_from_queued(run_dir, tmp_path):
     assert pq.read_table(tmp_path / "none" / ISSUES_FILE).num_rows == 10
 
 
+def test_the_temperature_moves_confidences_and_so_the_accepted_rows(run_dir, tmp_path):
+    """label thresholds the calibrated confidence: the run dir's temperatures (model.json)
+    decide which rows pass a given --min-confidence; T < 1 sharpens, T > 1 softens."""
+    import shutil
+
+    from fashion_tagger.model.rundir import RunDir
+
+    make_photos(tmp_path / "photos", 20, seed=7)
+    confidences = {}
+    for name, t in (("sharp", 0.25), ("plain", 1.0), ("soft", 4.0)):
+        run = tmp_path / f"run-{name}"
+        shutil.copytree(run_dir, run)
+        RunDir.open(run).update_model_json(temperature={"shape": t, "colour": t})
+        s = run_label(run, [tmp_path / "photos"], tmp_path / name, 0.8)
+        ds = Dataset.open(tmp_path / name)
+        by_sha = {ds.table.column("sha256")[i].as_py(): ds.meta(i) for i in range(len(ds))}
+        confidences[name] = {k: m["confidence"] for k, m in by_sha.items()}
+        labelled = sum(bool(x) for x in ds.labels)
+        assert labelled == s.labelled == sum(c >= 0.8 for c in confidences[name].values())
+        # the confidence is the product of the scaled levels, as predict reports it
+        for m in by_sha.values():
+            product = np.prod(list(m["level_scores"].values()))
+            assert m["confidence"] == pytest.approx(product, rel=1e-5)
+    keys = sorted(confidences["plain"])
+    sharp, plain, soft = (
+        np.array([confidences[n][k] for k in keys]) for n in ("sharp", "plain", "soft")
+    )
+    assert (sharp >= plain - 1e-6).all() and (soft <= plain + 1e-6).all()
+    assert (sharp >= 0.8).sum() > (plain >= 0.8).sum() > (soft >= 0.8).sum()
+
+
 def test_a_rerun_adds_only_new_photos(run_dir, tmp_path):
     photos = tmp_path / "photos"
     make_photos(photos, 6, seed=3)

@@ -61,7 +61,9 @@ def test_export_is_one_graph_with_metadata_and_a_dynamic_batch(run, dataset, exp
         "mean": [0.5] * 3,
         "std": [0.25] * 3,
         "resize": "squash",
+        "interpolation": "bilinear",
     }
+    assert meta["temperature"] == config["temperature"]
     assert (
         meta["attributes"]["names"]
         == config["attributes"]["names"]
@@ -86,6 +88,37 @@ def test_onnx_backend_gives_torch_probabilities_and_paths(run, dataset, exported
     one = onnx_tagger.backend(np.zeros((1, 3, 32, 32), np.float32))
     assert [o.shape for o in one] == [(1, 2), (1, 5), (1, 3)]
     assert np.allclose(one[0].sum(1), 1.0, atol=1e-5) and np.allclose(one[1].sum(1), 1.0, atol=1e-5)
+
+
+def test_torch_and_onnx_stay_equal_with_temperatures(tmp_path, run, dataset, exported):
+    """Temperatures live in model.json, outside the graph, and are applied where both backends
+    meet (`Tagger.predict_arrays`): a refit needs no re-export and both still agree."""
+    from fashion_tagger.model.rundir import RunDir
+
+    hot = tmp_path / "run"
+    shutil.copytree(run, hot)
+    RunDir.open(hot).update_model_json(temperature={"shape": 0.4, "colour": 20.0})
+    files = [Dataset.open(dataset).image_path(i) for i in range(40)]
+    plain = Tagger.load(run, "torch").predict(files)
+    onnx_t, torch_t = Tagger.load(hot, "onnx"), Tagger.load(hot, "torch")
+    assert onnx_t.spec.temperatures == torch_t.spec.temperatures == (0.4, 20.0)
+    a, b = onnx_t.predict(files, batch_size=7), torch_t.predict(files, batch_size=16)
+    assert [p.labels for p in a] == [p.labels for p in b]
+    for p, q in zip(a, b, strict=True):
+        assert [s["score"] for s in p.path] == pytest.approx([s["score"] for s in q.path], abs=1e-4)
+        assert p.top_k[0]["score"] == pytest.approx(q.top_k[0]["score"], abs=1e-4)
+    # and they did act, as softmax(log p / T) of the model's own probabilities per level
+    from fashion_tagger.model.preprocess import load_for_model
+
+    x = np.stack([load_for_model(f, onnx_t.spec) for f in files])
+    raw, scaled = Tagger.load(run, "torch").predict_arrays(x), onnx_t.predict_arrays(x)
+    for p, t, got in zip(raw.levels, (0.4, 20.0), scaled.levels, strict=True):
+        z = np.log(np.maximum(p.astype(np.float64), 1e-12)) / t
+        want = np.exp(z - z.max(1, keepdims=True))
+        assert np.allclose(got, want / want.sum(1, keepdims=True), atol=1e-4)
+    # this random model is saturated (p of 0 or 1), so only a large T shows: flatter colours
+    assert (scaled.levels[1].max(1) < raw.levels[1].max(1) - 0.01).all()
+    assert [p.top_k[0]["score"] for p in a] != pytest.approx([q.top_k[0]["score"] for q in plain])
 
 
 def test_parity_check_catches_a_different_graph(run, dataset, exported):

@@ -187,6 +187,32 @@ def test_frozen_backbone_trains_heads_on_cached_features_with_lr_finder(
     assert len(list((tmp_path / "cache").glob("features-*.npy"))) == 2
     assert (run.path / "lr_find.png").is_file() and run.config["training"]["lr_used"] > 0
     assert run.config["backbone"]["pretrained"] is True
+    # 100 rows, about 20 in val: too few to fit a temperature, and model.json says so
+    assert run.spec.temperatures == (1.0, 1.0)
+    assert "T kept at 1.0" in run.config["temperature_fit"]["note"]
+
+
+def test_train_ends_by_fitting_temperatures_on_val(tmp_path: Path) -> None:
+    """The finalise step fits one T per level on val, on the very probabilities predict sees:
+    `calibrate` on the same split (through the Tagger, on the images) finds the same T."""
+    from fashion_tagger.evaluation import calibrate
+
+    data = make_synthetic_dataset(tmp_path / "ds", n=420, seed=3)
+    with one_thread():
+        run = train(data, tmp_path / "run", quick(epochs=4))
+    fit = run.config["temperature_fit"]
+    assert fit["split"] == "val" and fit["note"] == "" and min(fit["rows"].values()) >= 50
+    temps = dict(zip(run.spec.level_names, run.spec.temperatures, strict=True))
+    assert run.config["temperature"] == temps and fit["temperature"] == pytest.approx(temps)
+    assert all(t != pytest.approx(1.0, abs=0.01) for t in temps.values())
+    metrics = run.config["metrics"]
+    assert metrics["val_ece_before"] == fit["ece_path"]["before"] > 0
+    assert metrics["val_ece_after"] == fit["ece_path"]["after"]
+    for level in temps:
+        assert fit["nll"]["after"][level] < fit["nll"]["before"][level]
+    again = calibrate(run.path, data, "val", progress=False)["temperature"]
+    assert again["temperature"] == pytest.approx(temps, rel=1e-3)
+    assert again["ece_path"]["after"] == pytest.approx(fit["ece_path"]["after"], abs=1e-3)
 
 
 def test_cli_train_json_and_existing_run_error(small: Path, tmp_path: Path) -> None:

@@ -82,6 +82,12 @@ def evaluate_cmd(
             f"attributes: mAP {a['mAP']:.3f}, F1@k {a['at_k']['F1@k']:.3f}, "
             f"OF1 {a['at_0.75']['OF1']:.3f} at 0.75, {t['OF1']:.3f} at model thresholds"
         )
+    c = m["calibration"]
+    console.print(
+        f"path confidence: mean {c['mean_confidence']:.3f} for {_pct(c['path_accuracy'])} % "
+        f"right; ECE {c['ece_path']['after']:.3f} "
+        f"({c['ece_path']['before']:.3f} without the model's temperatures)"
+    )
     if m["dataset"]["n_unknown_labels"] or m["dataset"]["n_unreadable"]:
         console.print(
             f"[yellow]left out[/]: {m['dataset']['n_unknown_labels']} rows with unknown labels, "
@@ -94,7 +100,9 @@ def evaluate_cmd(
 def calibrate_cmd(
     run_dir: Path = RUN,
     dataset_dir: str = DATA,
-    split: str = typer.Option("val", "--split", help="Held-out split to choose thresholds on."),
+    split: str = typer.Option(
+        "val", "--split", help="Held-out split to fit temperatures and thresholds on."
+    ),
     target_precision: float = typer.Option(
         None,
         "--target-precision",
@@ -105,8 +113,9 @@ def calibrate_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     progress: bool = PROGRESS,
 ) -> None:
-    """Per-attribute thresholds that maximise F1 (or reach a target precision) on a held-out
-    split, stored in model.json for predict and serve.
+    """Refit the per-level temperatures (so a path confidence means a probability) and the
+    per-attribute thresholds that maximise F1 (or reach a target precision) on a held-out
+    split; both are stored in model.json for predict, serve, evaluate and label.
 
     Example: fashion-tagger calibrate runs/products data/products --split val --target-precision 0.9
     """
@@ -124,6 +133,36 @@ def calibrate_cmd(
     if as_json:
         print_json(r)
         return
+    _print_temperatures(r)
+    if r["attributes"]:
+        _print_thresholds(r)
+    console.print(f"wrote {r['model_json']}")
+
+
+def _print_temperatures(r: dict[str, Any]) -> None:
+    t = r["temperature"]
+    table = Table(
+        "level", "T", "was", "rows", "NLL before", "NLL after",
+        title=f"temperatures from {r['split']} ({r['n_images']:,} images)",
+    )  # fmt: skip
+    for level, value in t["temperature"].items():
+        nll_b, nll_a = t["nll"]["before"][level], t["nll"]["after"][level]
+        table.add_row(
+            level, f"{value:.3f}", f"{t['previous'][level]:.3f}", f"{t['rows'][level]:,}",
+            "-" if nll_b is None else f"{nll_b:.3f}", "-" if nll_a is None else f"{nll_a:.3f}",
+        )  # fmt: skip
+    console.print(table)
+    ece = t["ece_path"]
+    if ece["before"] is not None:
+        console.print(
+            f"path confidence ECE ({ece['bins']} bins) on {r['split']}: "
+            f"{ece['before']:.3f} at T = 1 -> {ece['after']:.3f}"
+        )
+    if t["note"]:
+        console.print(f"[yellow]note[/]: {t['note']}")
+
+
+def _print_thresholds(r: dict[str, Any]) -> None:
     table = Table(
         "attribute", "threshold", "was", "prec.", "recall", "F1", "support", "note",
         title=f"thresholds from {r['split']} ({r['n_images']:,} images)",
@@ -135,8 +174,7 @@ def calibrate_cmd(
         )  # fmt: skip
     console.print(table)
     console.print(
-        f"overall F1 on {r['split']}: {r['OF1']['before']:.3f} -> {r['OF1']['after']:.3f}; "
-        f"wrote {r['model_json']}"
+        f"overall F1 on {r['split']}: {r['OF1']['before']:.3f} -> {r['OF1']['after']:.3f}"
     )
     if r["OF1"]["after"] < r["OF1"]["before"]:
         console.print(

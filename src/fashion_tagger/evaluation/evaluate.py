@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +23,9 @@ from fashion_tagger.dataset.core import Dataset
 from fashion_tagger.errors import FashionTaggerError
 from fashion_tagger.evaluation import metrics, report, scoring
 from fashion_tagger.evaluation.curves import draw_curves
+from fashion_tagger.model import calibration as temp
+from fashion_tagger.model.decode import LeafTable
+from fashion_tagger.taxonomy import Taxonomy
 
 if TYPE_CHECKING:
     from fashion_tagger.inference.tagger import Tagger
@@ -128,6 +131,46 @@ def _tagger(run_dir: str | Path, backend: str) -> tuple[RunDir, Tagger]:
     return run, Tagger.load(run, backend=backend)
 
 
+def calibration_block(
+    taxonomy: Taxonomy, temperatures: Sequence[float], out: SplitOutputs
+) -> dict[str, Any]:
+    """How far the path confidence is from a probability on this split: its ECE at T = 1
+    (`before`) and with the model's temperatures (`after`, what predict and label report), and
+    the reliability table behind `after` (per confidence bin: rows, mean confidence, accuracy).
+
+    `out.levels` come from the Tagger, temperatures applied; T = 1 is recovered by applying
+    1/T (softmax(T log p_T) = p, up to decoding's log floor).
+    """
+    leaves = LeafTable.from_taxonomy(taxonomy)
+    truth = out.truth.paths
+    raw = temp.apply_temperatures(out.levels, [1.0 / t for t in temperatures])
+    paths, conf = temp.path_confidence(leaves, out.levels)
+    right = (paths == truth).all(axis=1)
+    which = np.minimum((conf * temp.ECE_BINS).astype(np.int64), temp.ECE_BINS - 1)
+    bins = [
+        {
+            "from": b / temp.ECE_BINS,
+            "to": (b + 1) / temp.ECE_BINS,
+            "n": int((which == b).sum()),
+            "confidence": float(conf[which == b].mean()),
+            "accuracy": float(right[which == b].mean()),
+        }
+        for b in range(temp.ECE_BINS)
+        if (which == b).any()
+    ]
+    return {
+        "temperature": dict(zip(taxonomy.level_names, map(float, temperatures), strict=True)),
+        "ece_path": {
+            "bins": temp.ECE_BINS,
+            "before": temp.path_ece(leaves, raw, truth),
+            "after": temp.expected_calibration_error(conf, right),
+        },
+        "mean_confidence": float(conf.mean()) if len(conf) else 0.0,
+        "path_accuracy": float(right.mean()) if len(right) else 0.0,
+        "reliability": bins,
+    }
+
+
 def evaluate(
     run_dir: str | Path,
     dataset_dir: str | Path,
@@ -180,6 +223,7 @@ def evaluate(
             spec.attribute_names,
             spec.thresholds,
         ),
+        "calibration": calibration_block(spec.taxonomy, spec.temperatures, out),
     }
     if report_path is None and not run.curves.is_file():
         draw_curves(run)  # trained through the Python API: the run dir gets its curves now
@@ -191,41 +235,10 @@ def evaluate(
     return result
 
 
-def calibrate(
-    run_dir: str | Path,
-    dataset_dir: str | Path,
-    split: str = "val",
-    *,
-    target_precision: float | None = None,
-    batch_size: int = 64,
-    progress: bool = True,
-    backend: str = "auto",
-) -> dict[str, Any]:
-    """Choose each attribute's threshold on a held-out split and store them in model.json.
-
-    Per attribute: the threshold with the best F1, or with `target_precision` the lowest one
-    whose precision reaches it (most recall at that precision), falling back to best F1 with a
-    note when no threshold reaches it. An attribute with no positive in the split keeps the
-    default threshold. Calibrate on `val`, never on the split you report (`test`).
-
-    Returns:
-        `split`, `n_images`, `target_precision`, `OF1` before/after (on this split) and one
-        entry per attribute: `name`, `threshold`, `previous`, `precision`, `recall`, `f1`,
-        `support`, `note`.
-    """
-    if target_precision is not None and not 0.0 < target_precision <= 1.0:
-        raise EvaluationError(
-            f"--target-precision must be in (0, 1], not {target_precision}; e.g. 0.9"
-        )
-    ds = _open_split(dataset_dir, split)
-    run, tagger = _tagger(run_dir, backend)
-    names: Sequence[str] = tagger.spec.attribute_names
-    if not names:
-        raise EvaluationError(
-            f"the model in {run.path} predicts no attributes: nothing to calibrate"
-        )
-    out = run_split(tagger, ds, batch_size=batch_size, progress=progress)
-    before = np.asarray(tagger.spec.thresholds, dtype=np.float64)
+def _fit_thresholds(
+    names: Sequence[str], out: SplitOutputs, before: np.ndarray, target_precision: float | None
+) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """Per attribute: its threshold chosen on `out` (see `calibrate`), and the new thresholds."""
     rows = []
     for j, name in enumerate(names):
         thr, p, r, f, note = metrics.best_threshold(
@@ -243,28 +256,89 @@ def calibrate(
                 "note": note,
             }
         )
-    after = np.array([row["threshold"] for row in rows], dtype=np.float64)
-    y, s = out.truth.attributes, out.attributes
+    return rows, np.array([row["threshold"] for row in rows], dtype=np.float64)
+
+
+def calibrate(
+    run_dir: str | Path,
+    dataset_dir: str | Path,
+    split: str = "val",
+    *,
+    target_precision: float | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+    backend: str = "auto",
+) -> dict[str, Any]:
+    """Refit the per-level temperatures and choose each attribute's threshold on a held-out
+    split, and store them in model.json.
+
+    Temperatures: per level, the T minimising the NLL of the true class (`model.calibration`),
+    fitted on the model's own probabilities (T = 1) whatever model.json held; a level with
+    fewer than `MIN_FIT_ROWS` rows keeps T = 1. Thresholds, per attribute: the one with the best
+    F1, or with `target_precision` the lowest one whose precision reaches it (most recall at
+    that precision), falling back to best F1 with a note when no threshold reaches it. An
+    attribute with no positive in the split keeps the default threshold. Calibrate on `val`,
+    never on the split you report (`test`).
+
+    Returns:
+        `split`, `n_images`, `target_precision`, `temperature` (the fit: `temperature`,
+        `previous`, `nll`, `ece_path` before/after), `OF1` before/after (on this split; None
+        without attributes) and one entry per attribute: `name`, `threshold`, `previous`,
+        `precision`, `recall`, `f1`, `support`, `note`.
+    """
+    if target_precision is not None and not 0.0 < target_precision <= 1.0:
+        raise EvaluationError(
+            f"--target-precision must be in (0, 1], not {target_precision}; e.g. 0.9"
+        )
+    from fashion_tagger.inference.tagger import Tagger
+
+    ds = _open_split(dataset_dir, split)
+    run, tagger = _tagger(run_dir, backend)
+    spec = tagger.spec
+    # the model's own probabilities: a refit starts from T = 1, not from the stored fit
+    raw = Tagger(replace(spec, temperatures=()), tagger.backend, tagger.backend_name)
+    out = run_split(raw, ds, batch_size=batch_size, progress=progress)
+    fit = temp.fit_temperatures(spec.taxonomy, out.levels, out.truth.paths)
     calibration = {
         "split": split,
         "dataset": str(dataset_dir),
         "target_precision": target_precision,
         "created": _now(),
     }
-    run.update_model_json(
-        attributes={
+    record = fit.to_json(split=split, dataset=str(dataset_dir), created=calibration["created"])
+    names: Sequence[str] = spec.attribute_names
+    before = np.asarray(spec.thresholds, dtype=np.float64)
+    rows, after = _fit_thresholds(names, out, before, target_precision)
+    fields: dict[str, Any] = {
+        "temperature": dict(zip(spec.level_names, fit.temperatures, strict=True)),
+        "temperature_fit": record,
+        "metrics": {
+            **(run.config.get("metrics") or {}),
+            f"{split}_ece_before": record["ece_path"]["before"],
+            f"{split}_ece_after": record["ece_path"]["after"],
+        },
+    }
+    if names:
+        fields["attributes"] = {
             **run.config.get("attributes", {}),
             "thresholds": [float(t) for t in after],
             "calibration": calibration,
         }
-    )
+    run.update_model_json(**fields)
+    y, s = out.truth.attributes, out.attributes
     return {
         **calibration,
         "model_json": str(run.model_json),
         "n_images": int(y.shape[0]),
+        "temperature": {
+            **record,
+            "previous": dict(zip(spec.level_names, spec.temperatures, strict=True)),
+        },
         "OF1": {
             "before": metrics.multilabel_overall(y, s, before)["OF1"],
             "after": metrics.multilabel_overall(y, s, after)["OF1"],
-        },
+        }
+        if names
+        else None,
         "attributes": rows,
     }

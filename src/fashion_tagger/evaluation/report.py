@@ -28,6 +28,7 @@ SECTIONS = (
     ("summary", "Summary"),
     ("curves", "Training curves"),
     ("hierarchy", "Hierarchy"),
+    ("calibration", "Confidence calibration"),
     ("confusion", "Confusion matrices"),
     ("confused-pairs", "Most confused pairs"),
     ("top-losses", "Top losses"),
@@ -471,6 +472,42 @@ def _hierarchy(m: dict[str, Any]) -> str:
     )
 
 
+def _calibration(m: dict[str, Any]) -> str:
+    """ECE of the path confidence before/after the model's temperatures, and the reliability
+    table: per confidence bin, how often the path was right (what a --min-confidence buys)."""
+    c = m.get("calibration")
+    if not c:  # a metrics.json written before calibration was measured
+        return '<p class="note">This evaluation predates the calibration measurement.</p>'
+    ece = c["ece_path"]
+    temps = ", ".join(f"{_e(k)} {v:.3f}" for k, v in c["temperature"].items())
+    cards = [
+        _card("ECE, path confidence", _num(ece["after"])),
+        _card("ECE at T = 1", _num(ece["before"])),
+        _card("mean confidence", _num(c["mean_confidence"])),
+    ]
+    rows = [
+        [
+            f"{b['from']:.2f}-{b['to']:.2f}",
+            (f"{b['n']:,}", b["n"]),
+            (_num(b["confidence"]), b["confidence"]),
+            (_pct(b["accuracy"]), b["accuracy"]),
+        ]
+        for b in c["reliability"]
+    ]
+    table = _table(
+        ["confidence bin", "images", "mean confidence", "path right %"], rows,
+        numeric=[False, True, True, True],
+    )  # fmt: skip
+    return (
+        f'<div class="cards">{"".join(cards)}</div>{table}'
+        '<p class="note">The path confidence (the product of its levels\' probabilities, what '
+        "predict reports and label thresholds) after the model's per-level temperatures "
+        f"({temps}). Expected calibration error over {ece['bins']} equal-width bins: the "
+        "rows' share-weighted gap between confidence and accuracy; 0 means a confidence of "
+        "0.8 is right 80 % of the time.</p>"
+    )
+
+
 def _curves(run_dir: Path | None) -> str:
     if run_dir is not None:
         paths = RunPaths(run_dir)
@@ -496,6 +533,7 @@ def render(
         "summary": _summary(m),
         "curves": _curves(run_dir),
         "hierarchy": _hierarchy(m),
+        "calibration": _calibration(m),
         "confusion": _confusion(m),
         "confused-pairs": _confused_pairs(m),
         "top-losses": _top_losses(m, dataset_root),

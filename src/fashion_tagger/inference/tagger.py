@@ -3,7 +3,10 @@
 A backend is any callable `(x: (N, C, H, W) float32) -> [probs_level_0, ..., attributes]`: the
 torch model here, or ONNX Runtime (`inference/onnx.py`). Decoding is the same for both: the
 best-scoring valid root-to-leaf path (`model.decode`, as validation and `evaluate` decode), the
-top-k leaves, and the attributes at or above their threshold.
+top-k leaves, and the attributes at or above their threshold. The model's per-level
+temperatures (model.json `temperature`, `model.calibration`) are applied here, in
+`predict_arrays`, the one door every consumer and both backends go through: decoded paths,
+confidences and `evaluate`'s numbers all use the calibrated probabilities.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from fashion_tagger.errors import FashionTaggerError
+from fashion_tagger.model.calibration import apply_temperatures
 from fashion_tagger.model.decode import LeafTable
 from fashion_tagger.model.preprocess import load_for_model
 from fashion_tagger.model.rundir import RunDir
@@ -162,7 +166,8 @@ class Tagger:
 
     # -- model ----------------------------------------------------------------------------------
     def predict_arrays(self, x: np.ndarray) -> Probs:
-        """Probabilities for a preprocessed batch (N, C, H, W) float32."""
+        """Probabilities for a preprocessed batch (N, C, H, W) float32: the backend's softmax
+        per level, scaled by the spec's temperatures (softmax(log p / T) per level)."""
         out = self.backend(np.asarray(x, dtype=np.float32))
         depth = self.spec.taxonomy.depth
         if len(out) != depth + 1:
@@ -170,7 +175,8 @@ class Tagger:
                 f"the backend returned {len(out)} outputs; the model has {depth} levels + attributes"
             )
         attrs = np.asarray(out[depth], dtype=np.float32).reshape(len(x), -1)
-        return Probs([np.asarray(o, dtype=np.float32) for o in out[:depth]], attrs)
+        levels = [np.asarray(o, dtype=np.float32) for o in out[:depth]]
+        return Probs(apply_temperatures(levels, self.spec.temperatures), attrs)
 
     # -- decoding -------------------------------------------------------------------------------
     def best_paths(self, probs: Probs) -> np.ndarray:

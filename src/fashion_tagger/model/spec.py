@@ -7,6 +7,7 @@ run dir, the ONNX metadata and the service's `/v1/model` all reuse it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar, TypeVar
@@ -171,6 +172,9 @@ class ModelSpec:
         taxonomy: the category tree; level l of the model predicts `taxonomy.names[l]`.
         attribute_names: `group=value` names, one per attribute output.
         thresholds: decision threshold per attribute.
+        temperatures: one per taxonomy level: level l's probabilities become
+            softmax(log p / T_l) before decoding (`model.calibration`); model.json's
+            `temperature`. Empty (and absent in older run dirs) means 1.0 everywhere.
     """
 
     model_id: str
@@ -186,6 +190,7 @@ class ModelSpec:
     thresholds: list[float] = field(default_factory=list)
     default_threshold: float = DEFAULT_THRESHOLD
     interpolation: str = "bilinear"
+    temperatures: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if isinstance(self.head, Mapping):
@@ -220,6 +225,18 @@ class ModelSpec:
                 f"{len(self.thresholds)} attribute thresholds for "
                 f"{len(self.attribute_names)} attributes"
             )
+        self._check_temperatures()
+
+    def _check_temperatures(self) -> None:
+        """Normalise `temperatures` to one float per level (1.0 when empty); each must be a
+        finite number > 0."""
+        depth = self.taxonomy.depth
+        temps = tuple(float(t) for t in self.temperatures) or (1.0,) * depth
+        if len(temps) != depth:
+            raise RunDirError(f"{len(temps)} temperatures for {depth} taxonomy levels")
+        if not all(math.isfinite(t) and t > 0 for t in temps):
+            raise RunDirError(f"temperatures must be finite and > 0, not {list(temps)}")
+        object.__setattr__(self, "temperatures", temps)
 
     @property
     def level_names(self) -> tuple[str, ...]:
@@ -240,6 +257,7 @@ class ModelSpec:
                 "interpolation": self.interpolation,
             },
             "taxonomy": self.taxonomy.to_dict(),
+            "temperature": dict(zip(self.level_names, self.temperatures, strict=True)),
             "attributes": {
                 "names": list(self.attribute_names),
                 "thresholds": [float(t) for t in self.thresholds],
@@ -255,6 +273,7 @@ class ModelSpec:
             attrs = d.get("attributes") or {}
             names = [str(n) for n in attrs.get("names", [])]
             default = float(attrs.get("default_threshold", DEFAULT_THRESHOLD))
+            taxonomy = Taxonomy.from_dict(d["taxonomy"])
             return cls(
                 model_id=str(d.get("model_id", "")),
                 backbone=dict(d["backbone"]),
@@ -264,11 +283,32 @@ class ModelSpec:
                 mean=tuple(float(v) for v in inp["mean"]),
                 std=tuple(float(v) for v in inp["std"]),
                 resize=str(inp.get("resize", "squash")),
-                taxonomy=Taxonomy.from_dict(d["taxonomy"]),
+                taxonomy=taxonomy,
                 attribute_names=names,
                 thresholds=[float(t) for t in attrs.get("thresholds") or [default] * len(names)],
                 default_threshold=default,
                 interpolation=str(inp.get("interpolation", "bilinear")),
+                temperatures=_temperatures(d.get("temperature"), taxonomy),
             )
         except (KeyError, TypeError, ValueError, AttributeError, TaxonomyError, ModelError) as exc:
             raise RunDirError(f"model.json is malformed ({type(exc).__name__}: {exc})") from exc
+
+
+def _temperatures(value: Any, taxonomy: Taxonomy) -> tuple[float, ...]:
+    """model.json's `temperature`: {level name: T} (what `to_json` writes), or one number for
+    every level; absent (a run dir older than the key) means 1.0 everywhere."""
+    if value is None:
+        return ()
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return (float(value),) * taxonomy.depth
+    if not isinstance(value, Mapping):
+        raise ValueError(f"temperature must be an object of level: T, not {value!r}")
+    names = taxonomy.level_names
+    if set(value) != set(names):
+        raise ValueError(
+            f"temperature names levels {sorted(value)}; the taxonomy has {list(names)}"
+        )
+    try:
+        return tuple(float(value[n]) for n in names)
+    except (TypeError, ValueError):
+        raise ValueError(f"temperature values must be numbers, not {dict(value)}") from None

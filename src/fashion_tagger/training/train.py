@@ -12,6 +12,7 @@ Curves are drawn from metrics.csv by the report side (`evaluation.curves`).
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import logging
@@ -33,6 +34,7 @@ from fashion_tagger import _progress
 from fashion_tagger._io import atomic_path, write_json_atomic
 from fashion_tagger.dataset.core import Dataset
 from fashion_tagger.errors import RunDirError
+from fashion_tagger.model import calibration
 from fashion_tagger.model.backbones import backbone_data_config
 from fashion_tagger.model.load import FashionModel, build_model
 from fashion_tagger.model.preprocess import normalize_tensor
@@ -248,7 +250,7 @@ def train(
     fitted = _fit(prep, module, train_in, val_in, callbacks)
     if not fitted.trainer.is_global_zero:
         return RunDir(prep.paths.path, {}, prep.spec)
-    return _finalise(prep, module, fitted)
+    return _finalise(prep, module, fitted, val_in)
 
 
 def _resolve_config(
@@ -473,12 +475,51 @@ def _load_best(module: TaggerModule, best_ckpt: str) -> None:
         ) from exc
 
 
-def _finalise(prep: Prepared, module: TaggerModule, fitted: Fitted) -> RunDir:
-    """Step 4: the best weights and model.json (config, data, metrics) as the run dir."""
+def _val_probabilities(
+    module: TaggerModule, val_in: np.ndarray, batch_size: int
+) -> list[np.ndarray]:
+    """The best weights' softmax per level on the val inputs (pixels or cached features), as
+    validation computes them: what the temperatures are fitted to."""
+    device = next(module.parameters()).device
+    module.eval()
+    parts: list[list[np.ndarray]] = []
+    with torch.inference_mode():
+        for start in range(0, len(val_in), batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(val_in[start : start + batch_size]))
+            out = module(module._inputs(x.to(device), train=False))
+            parts.append([torch.softmax(z.float(), dim=1).cpu().numpy() for z in out[:-1]])
+    return [np.concatenate(level) for level in zip(*parts, strict=True)]
+
+
+def _fit_temperatures(
+    prep: Prepared, module: TaggerModule, val_in: np.ndarray
+) -> tuple[ModelSpec, dict[str, Any]]:
+    """Per-level temperatures fitted on the val split (`model.calibration`), so that the run
+    dir's confidences are probabilities from the start; T stays 1.0 where val is too small
+    (under `calibration.MIN_FIT_ROWS` rows), and the record says so."""
+    taxonomy, split = prep.spec.taxonomy, prep.config.data.val_split
+    context = {
+        "split": split,
+        "created": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
+    }
+    if not len(prep.val):
+        fit = calibration.kept(taxonomy, f"no {split} rows: temperatures kept at 1.0")
+    else:  # a level with under MIN_FIT_ROWS rows keeps T = 1 (the fit says so in its note)
+        probs = _val_probabilities(module, val_in, max(prep.config.batch_size, 128))
+        fit = calibration.fit_temperatures(taxonomy, probs, prep.val.levels)
+    spec = replace(prep.spec, temperatures=tuple(fit.temperatures))
+    return spec, fit.to_json(**context)
+
+
+def _finalise(prep: Prepared, module: TaggerModule, fitted: Fitted, val_in: np.ndarray) -> RunDir:
+    """Step 4: the best weights, their temperatures fitted on val, and model.json (config,
+    data, metrics) as the run dir."""
     config, trainer = prep.config, fitted.trainer
     _load_best(module, fitted.best_ckpt)
     rows = prep.paths.read_metrics()
     best_row = max(rows, key=lambda r: r.get("val_acc_leaf", -1.0)) if rows else {}
+    spec, temperature_fit = _fit_temperatures(prep, module, val_in)
+    ece = temperature_fit["ece_path"]
     extra: dict[str, Any] = {
         "training": {
             **config.to_dict(),
@@ -497,11 +538,12 @@ def _finalise(prep: Prepared, module: TaggerModule, fitted: Fitted) -> RunDir:
                 "unreadable_dropped": prep.unreadable,
             },
         },
-        "metrics": dict(best_row),
+        "metrics": {**best_row, "val_ece_before": ece["before"], "val_ece_after": ece["after"]},
+        "temperature_fit": temperature_fit,
         "weights": prep.weights.describe() if prep.weights else None,
     }
     model = module.model.cpu().to(memory_format=torch.contiguous_format)
-    run = save_model(prep.paths.path, model, prep.spec, extra)
+    run = save_model(prep.paths.path, model, spec, extra)
     if not config.data.cache_dir:  # the default cache only serves a resume; the run is done
         shutil.rmtree(prep.cache_dir, ignore_errors=True)
     return run
