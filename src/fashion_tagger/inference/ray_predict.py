@@ -176,6 +176,21 @@ class _Out:
             write_bytes_atomic(Path(self.root, name), data)
 
 
+def _plan(
+    model_id: str, parts: list[list[str]], names: list[str], partition_size: int, top_k: int
+) -> dict[str, Any]:
+    """What `_plan.json` records of a job: enough to tell a resume from another job."""
+    return {
+        "model_id": model_id,
+        "partition_size": partition_size,
+        "top_k": top_k,
+        "partitions": [
+            {"name": n, "images": len(p), "paths": _digest(p)}
+            for n, p in zip(names, parts, strict=True)
+        ],
+    }
+
+
 def _check_plan(out: _Out, plan: dict[str, Any]) -> None:
     """Refuse to resume into an out dir that holds the partitions of another input or model."""
     if not out.exists(PLAN_FILE):
@@ -488,18 +503,7 @@ def predict_ray(
     parts = plan_partitions(paths, partition_size)
     out = _Out(out_dir)
     names = [PART_PATTERN.format(k) for k in range(len(parts))]
-    _check_plan(
-        out,
-        {
-            "model_id": run.spec.model_id,
-            "partition_size": partition_size,
-            "top_k": top_k,
-            "partitions": [
-                {"name": n, "images": len(p), "paths": _digest(p)}
-                for n, p in zip(names, parts, strict=True)
-            ],
-        },
-    )
+    _check_plan(out, _plan(run.spec.model_id, parts, names, partition_size, top_k))
     pending = [k for k, n in enumerate(names) if not out.exists(n)]
     errors, first_rows_s = 0, None
     if pending:
