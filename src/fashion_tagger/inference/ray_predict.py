@@ -269,6 +269,7 @@ class TaggerActor:
         run = RunDir.open(run_dir)
         gpu = device != "cpu" and backend in ("auto", "torch")
         name = "torch" if gpu else _backend_name(run, backend)
+        # model threads = the CPUs reserved: two actors on two cores do not fight over them
         if name == "onnx":  # imports onnxruntime only: no torch in an ONNX actor
             from fashion_tagger.inference.onnx import OnnxBackend
 
@@ -280,7 +281,6 @@ class TaggerActor:
 
             torch.set_num_threads(threads)
             model = TorchBackend(run, device=device if gpu else "cpu")
-        # threads as the CPUs reserved: two actors on two cores do not fight over them
         self.tagger = Tagger(run.spec, model, name)
         self.top_k = top_k
         self.pool = ThreadPoolExecutor(decode_threads) if decode_threads > 0 else None
