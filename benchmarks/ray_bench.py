@@ -235,7 +235,11 @@ def main() -> None:
     parser.add_argument("--cpus", type=int, default=os.cpu_count(), help="Ray cluster CPUs.")
     # on CPUs the actors decode in threads beside their model (`--decode actor`): one actor of
     # one CPU per core keeps every core busy without moving pixels between processes
-    parser.add_argument("--concurrency", type=int, help="Ray model actors (default: --cpus).")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        help="Ray model actors (default: --cpus / --cpus-per-actor; fewer with --decode tasks).",
+    )
     parser.add_argument("--cpus-per-actor", type=float, default=1.0)
     parser.add_argument("--decode", default="auto", help="auto, actor or tasks.")
     parser.add_argument("--decode-cpus", type=float, default=0.5, help="CPUs per decode task.")
