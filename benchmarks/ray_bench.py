@@ -141,7 +141,8 @@ def time_ray(run: Path, folder: Path, out: Path, args: argparse.Namespace) -> tu
 
 
 def compare(local: Path, ray_out: Path) -> float:
-    """Max score difference between the two outputs; raises if paths or labels differ."""
+    """Max score difference between the two outputs (path, top-k and attribute scores); raises
+    if images, labels, top-k paths, attributes or errors differ."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -153,10 +154,13 @@ def compare(local: Path, ray_out: Path) -> float:
         raise SystemExit("the engines' rows differ in images or order")
     worst = 0.0
     for x, y in zip(a, b, strict=True):
-        if [p["label"] for p in x["path"]] != [p["label"] for p in y["path"]]:
-            raise SystemExit(f"{x['image']}: labels differ")
-        for p, q in zip(x["path"], y["path"], strict=True):
-            worst = max(worst, abs(p["score"] - q["score"]))
+        for field, key in (("path", "label"), ("top_k", "path"), ("attributes", "name")):
+            if [p[key] for p in x[field]] != [p[key] for p in y[field]]:
+                raise SystemExit(f"{x['image']}: {field} differs")
+            for p, q in zip(x[field], y[field], strict=True):
+                worst = max(worst, abs(p["score"] - q["score"]))
+        if (x["error"] is None) != (y["error"] is None):
+            raise SystemExit(f"{x['image']}: read by one engine only")
     if worst > 1e-5:
         raise SystemExit(f"scores differ by {worst}")
     return worst
