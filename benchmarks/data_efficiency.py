@@ -84,7 +84,9 @@ def config_for(weights: str, minutes: float, cache: Path):
 
     r = RECIPES[weights]
     return TrainConfig(
-        data=DataConfig(image_size=r["image_size"], workers=2, cache_dir=str(cache)),
+        data=DataConfig(
+            image_size=r["image_size"], class_weights="none", workers=2, cache_dir=str(cache)
+        ),
         model=ModelConfig(
             backbone="simple-cnn",  # the weights' alias picks its own architecture
             head="unified",
@@ -94,7 +96,6 @@ def config_for(weights: str, minutes: float, cache: Path):
         batch_size=r["batch_size"],
         lr=r["lr"],
         label_smoothing=0.1,
-        class_weights="none",
         max_time=str(minutes),
         checkpoint_every=0,
         progress=False,
