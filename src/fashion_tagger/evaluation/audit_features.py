@@ -52,12 +52,19 @@ class FeatureSpec:
     resize: str = "squash"
     channels: int = 3
     source: str = ""
+    interpolation: str = "bilinear"
 
     @property
     def key(self) -> str:
-        """Cache key: a hash of everything but the human-readable `source`."""
+        """Cache key: a hash of everything but the human-readable `source`.
+
+        Bilinear, the resize every cache before `interpolation` existed used, stays out of
+        the hash, so those caches keep their key (and their hours of embedding).
+        """
         d = asdict(self)
         d.pop("source")
+        if d["interpolation"] == "bilinear":
+            d.pop("interpolation")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -87,6 +94,9 @@ def pretrained_backbone(size: tuple[int, int] = DEFAULT_SIZE) -> tuple[Any, Feat
         mean=tuple(loaded.mean or cfg["mean"]),
         std=tuple(loaded.std or cfg["std"]),
         source=f"weights {loaded.source}",
+        # bilinear, not the weights' bicubic: the audit only needs features that separate the
+        # classes, and a new filter would re-key (re-embed) every existing feature cache
+        interpolation="bilinear",
     )
     return net.eval(), spec
 
@@ -105,6 +115,7 @@ def run_backbone(run_dir: str | Path) -> tuple[Any, FeatureSpec]:
         resize=str(spec.resize),
         channels=int(spec.channels),
         source=f"run {Path(run_dir).name}",
+        interpolation=str(getattr(spec, "interpolation", "bilinear")),
     )
     return model.backbone.eval(), fspec
 
