@@ -236,6 +236,8 @@ def test_audit_needs_labels_items_and_sane_options(tmp_path: Path) -> None:
         AuditConfig(folds=1)
     with pytest.raises(AuditError, match="--threshold"):
         AuditConfig(threshold=1.5)
+    with pytest.raises(AuditError, match="--hidden"):
+        AuditConfig(head=HeadConfig(hidden=-1))
     make_dataset(tmp_path, LEAVES[:3], items=["a", "a", "b"])
     with pytest.raises(AuditError, match="2 items cannot make 5 folds"):
         audit(tmp_path, features=np.zeros((3, 4)), progress=False)
@@ -334,11 +336,106 @@ def test_score_paths_invariants(case, threshold) -> None:
             assert s.level[i] == -1
         depth = int((given[i] >= 0).sum())
         assert np.all(np.isnan(s.level_scores[i, depth:]))
-        levels = s.level_scores[i, :depth]
-        assert np.isclose(s.score[i], 1 - np.prod(1 - levels))  # 1 - P(given path)
-        assert s.score[i] >= levels.max() - 1e-12  # no level is worse than the path
+        assert np.all((s.level_scores[i, :depth] >= 0) & (s.level_scores[i, :depth] <= 1))
+    assert np.allclose(s.score, bayes_by_hand(tax, given, probs, s), atol=1e-9)
+    assert s.noise_rates.shape == (tax.depth,) and np.all(
+        (s.noise_rates >= 0) & (s.noise_rates < 1)
+    )
+    assert s.temperatures.shape == (tax.depth,) and np.all(s.temperatures > 0)
     if threshold is not None:
         assert np.array_equal(s.is_issue, s.score >= threshold)
+
+
+def bayes_by_hand(tax: Taxonomy, given: np.ndarray, probs: list, s) -> np.ndarray:
+    """The posterior that each given path is wrong, one leaf at a time (the docstring's formula)."""
+    leaves = [tuple(p) for p in tax.leaf_index_paths()]
+    cal = []
+    for p, t in zip(probs, s.temperatures, strict=True):
+        z = np.log(np.clip(p, 1e-300, 1)) / t
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        cal.append(e / e.sum(axis=1, keepdims=True))
+    eps = np.clip(s.noise_rates, 0, 0.5)
+    eps = eps * 0.9 / eps.sum() if eps.sum() > 0.9 else eps
+
+    def split(a: tuple, b: tuple) -> int:  # first level of path a where path b differs
+        return next((lvl for lvl in range(len(a)) if lvl >= len(b) or a[lvl] != b[lvl]), -1)
+
+    out = []
+    for i in range(len(given)):
+        path = tuple(int(v) for v in given[i] if v >= 0)
+        joint = np.array(
+            [np.prod([cal[lvl][i, n] for lvl, n in enumerate(leaf)]) for leaf in leaves]
+        )
+        joint /= joint.sum()
+        wrong = right = 0.0
+        for j, leaf in enumerate(leaves):
+            lvl = split(path, leaf)
+            if lvl < 0:
+                right += joint[j] * (1 - eps.sum())
+            else:
+                parting = sum(split(leaf, other) == lvl for other in leaves)
+                wrong += joint[j] * eps[lvl] / max(parting, 1)
+        out.append(wrong / (wrong + right) if wrong + right > 0 else 0.0)
+    return np.array(out)
+
+
+def three_level_tree() -> tuple[Taxonomy, np.ndarray, list]:
+    tax = Taxonomy.from_paths(sorted(LEAVES))
+    leaves = [tuple(p) for p in tax.leaf_index_paths()]
+    return tax, np.array([list(p) for p in leaves]), leaves
+
+
+def test_sibling_swap_is_not_diluted_and_an_unsure_branch_is_not_an_error() -> None:
+    """Upper levels sure and agreeing, articleType sure of a sibling: the score is near 1. The
+    branch in doubt but the given path the likeliest: the score stays low."""
+    from fashion_tagger.evaluation.audit_scoring import noise_posterior
+
+    tax, paths, leaves = three_level_tree()
+    index = [tuple(p) for p in paths]
+    tops = index.index(tuple(tax.encode(("Apparel", "Topwear", "Tops"))))
+    tee = index.index(tuple(tax.encode(("Apparel", "Topwear", "Tshirts"))))
+    rates = [0.01, 0.02, 0.1]
+    joint = np.full((2, len(leaves)), 1e-6)
+    joint[0, tops] = 1.0  # a Tops photo labelled Tshirts: only the leaf level disagrees
+    joint[1, tee] = 0.5  # a Tshirts photo the model half puts in another branch
+    joint[1, [j for j, p in enumerate(leaves) if p[0] != leaves[tee][0]]] = 0.5 / 6
+    joint /= joint.sum(axis=1, keepdims=True)
+    given = paths[[tee, tee]]
+    wrong = noise_posterior(tax, given, joint, rates)
+    assert wrong[0] > 0.99 and wrong[1] < 0.05
+    assert np.all(noise_posterior(tax, given, joint, [0, 0, 0]) == 0)  # no noise, no errors
+
+
+def test_calibrate_softens_overconfident_heads() -> None:
+    from fashion_tagger.evaluation.audit_scoring import calibrate
+
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 4, 500)
+    logits = rng.normal(size=(500, 4))
+    logits[np.arange(500), truth] += 1.0
+    labels = np.where(rng.random(500) < 0.8, truth, rng.integers(0, 4, 500))
+    sharp = np.exp(6 * logits)
+    sharp /= sharp.sum(axis=1, keepdims=True)  # six times too sure of itself
+    cal, t = calibrate(sharp, labels)
+    assert t > 2 and np.allclose(cal.sum(axis=1), 1)
+    assert np.array_equal(cal.argmax(axis=1), sharp.argmax(axis=1))  # ranks within a row kept
+    nll = lambda p: -np.log(p[np.arange(500), labels]).mean()  # noqa: E731
+    assert nll(cal) < nll(sharp)
+    same, t1 = calibrate(sharp[:1], labels[:1])  # one row: nothing to fit
+    assert t1 == 1.0 and np.array_equal(same, sharp[:1])
+
+
+@pytest.mark.parametrize("hidden", [0, 32])
+def test_fit_oof_learns_clusters_out_of_fold(hidden: int) -> None:
+    from fashion_tagger.evaluation.audit_scoring import fit_oof
+
+    feats, paths, _, _ = clustered(300, noise=1.0, flip=0.0, seed=5)
+    leaf = np.array([LEAVES.index(p) for p in paths])
+    folds = item_folds([str(i) for i in range(300)], [str(v) for v in leaf], 3)
+    cfg = HeadConfig(hidden=hidden, epochs=15)
+    (probs,) = fit_oof(feats, [leaf], [len(LEAVES)], folds, cfg)
+    assert probs.shape == (300, len(LEAVES)) and np.allclose(probs.sum(axis=1), 1)
+    assert (probs.argmax(axis=1) == leaf).mean() > 0.9
 
 
 @settings(max_examples=40, deadline=None)

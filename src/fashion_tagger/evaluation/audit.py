@@ -3,11 +3,14 @@
 How (see `audit_scoring` for the arithmetic):
 1. Embed every image once with a frozen backbone (pretrained Lite0, or a run's own backbone with
    its preprocessing), cached in the dataset dir (`audit_features`).
-2. K-fold linear heads per level on those features, folds grouped by item: out-of-fold
-   probabilities, so no row is scored by a model that saw its label.
+2. K-fold heads per level on those features (a small MLP; linear on request), folds grouped by
+   item: out-of-fold probabilities, so no row is scored by a model that saw its label. Each
+   level's probabilities are calibrated with one temperature fitted on the out-of-fold loss.
 3. Per level, cleanlab scores the given node under P(node | given parent) of the joint over
-   valid paths; a row's score is 1 - P(given path), the suggested path is the best valid path,
-   `level` the first level where the two part. Rows scoring at least the threshold are flagged.
+   valid paths and estimates how often that level's labels are wrong (confident learning). A
+   row's score is the posterior probability that its given path is wrong, by Bayes' rule with
+   those noise rates along the tree; the suggested path is the best valid path, `level` the
+   first level where the two part. Rows scoring at least the threshold are flagged.
 4. On the same features: near-duplicate photos whose labels differ (`duplicate_conflict`), and
    photos far from all others (`outlier`, cleanlab's kNN out-of-distribution score).
 
@@ -50,10 +53,12 @@ from fashion_tagger.evaluation.audit_scoring import (
 )
 
 # -- the audit --------------------------------------------------------------------------------
-DEFAULT_THRESHOLD = 0.999
-"""Flag rows whose given path has under 0.1 % probability under the out-of-fold joint. The
-joint multiplies three heads on one set of features, so it is overconfident: on the product
-zip with 5 % injected flips, 0.99 flagged 4 clean rows per flipped one; see BENCHMARKS.md."""
+DEFAULT_THRESHOLD = 0.99
+"""Flag rows whose label is wrong with posterior probability >= 0.99: wrong beyond reasonable
+doubt, so the default review queue is short and nearly all true errors. The score is a
+calibrated probability, so the threshold reads as one: 0.5 flags every label the audit finds
+more likely wrong than right (on the product zip, twice as many rows, most sibling mix-ups
+among them). Measured on the product zip with 5 % injected flips: see BENCHMARKS.md."""
 
 
 @dataclass(frozen=True)
@@ -62,10 +67,10 @@ class AuditConfig:
 
     Attributes:
         folds: K of the K-fold out-of-fold probabilities (`--folds`); at least 2.
-        threshold: flag rows whose score is at least this (`--threshold`). None: cleanlab's
-            confident learning per level (`find_label_issues`) decides; on the product zip it
-            flags about 20 % of the rows (every confusable pair), too many to review, so the
-            default is a score threshold.
+        threshold: flag rows whose score (the posterior probability that the label is wrong)
+            is at least this (`--threshold`). None: cleanlab's confident learning per level
+            (`find_label_issues`) decides; on the product zip it flags about 20 % of the rows
+            (every confusable pair), too many to review, so the default is a score threshold.
         seed: folds and heads.
         head: the fast heads' recipe.
         neighbours: k of the kNN graph behind outliers and duplicate conflicts.
@@ -91,6 +96,8 @@ class AuditConfig:
             raise AuditError(f"--folds must be at least 2 (got {self.folds}); try --folds 5")
         if self.threshold is not None and not 0 <= self.threshold <= 1:
             raise AuditError(f"--threshold must be in [0, 1] (got {self.threshold}); try 0.5")
+        if self.head.hidden < 0:
+            raise AuditError(f"--hidden must be 0 (linear) or more (got {self.head.hidden})")
 
 
 @dataclass(frozen=True)
@@ -192,7 +199,7 @@ def audit(
             raise AuditError(f"features have {len(features)} rows; the manifest has {len(ds)}")
         feats, name, embedded = np.asarray(features)[labelled], "given features", 0
     timings["features"] = time.perf_counter() - t0
-    table, _ = audit_rows(sub, feats, cfg, progress)
+    table, scored = audit_rows(sub, feats, cfg, progress)
     timings["scoring"] = time.perf_counter() - t0 - timings["features"]
     settings = {
         "backbone": name,
@@ -201,6 +208,9 @@ def audit(
         "seed": cfg.seed,
         "head": asdict(cfg.head),
         "decoder": DECODER,
+        "score": "posterior probability that the given path is wrong (audit_scoring)",
+        "noise_rates": [round(float(r), 5) for r in scored.noise_rates],
+        "temperatures": [round(float(t), 4) for t in scored.temperatures],
     }
     path = write_issues(ds.root, table, settings)
     issues = table.filter(table.column("is_issue"))
