@@ -24,8 +24,8 @@ def audit_cmd(
         0.99,
         "--threshold",
         help="Flag rows whose label is wrong with posterior probability at least S (the score). "
-        "0.99: wrong beyond reasonable doubt; 0.5: more likely wrong than right (about twice "
-        "the rows, sibling mix-ups such as Tshirts for Tops among them).",
+        "0.99: wrong beyond reasonable doubt; 0.5: more likely wrong than right (two to four "
+        "times the rows, sibling mix-ups such as Tshirts for Tops among them).",
     ),
     hidden: int = typer.Option(
         512,

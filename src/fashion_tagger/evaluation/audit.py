@@ -55,9 +55,9 @@ from fashion_tagger.evaluation.audit_scoring import (
 # -- the audit --------------------------------------------------------------------------------
 DEFAULT_THRESHOLD = 0.99
 """Flag rows whose label is wrong with posterior probability >= 0.99: wrong beyond reasonable
-doubt, so the default review queue is short and nearly all true errors. The score is a
+doubt, so the default review queue is short and mostly true errors. The score is a
 calibrated probability, so the threshold reads as one: 0.5 flags every label the audit finds
-more likely wrong than right (on the product zip, twice as many rows, most sibling mix-ups
+more likely wrong than right (on the product zip, two to four times the rows, sibling mix-ups
 among them). Measured on the product zip with 5 % injected flips: see BENCHMARKS.md."""
 
 
