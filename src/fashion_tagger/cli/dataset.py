@@ -169,7 +169,7 @@ def filter_cmd(
 
     Example: fashion-tagger dataset filter data/products --min-per-class 10 --cap-ratio 4 --sample 2000 --out data/small
 
-    After an audit: fashion-tagger dataset filter data/products --drop-issues --min-score 0.999
+    After an audit: fashion-tagger dataset filter data/products --drop-issues --min-score 0.99
     """
     from fashion_tagger.dataset.core import Dataset
     from fashion_tagger.dataset.ops import filter_dataset, relocate
