@@ -160,3 +160,20 @@ def test_unknown_options_are_refused_before_ray_starts(onnx_photos, decode, back
     with pytest.raises(FashionTaggerError, match="--backend must be one of"):
         predict_ray(run_dir, folder, "never-written", backend=backend)
     assert not Path("never-written").exists()
+
+
+@pytest.mark.parametrize(
+    ("resources", "num_gpus", "cpus_per_actor", "actors"),
+    [
+        ({"CPU": 16.0}, 0, 1, 16),
+        ({"CPU": 16.0}, 0, 3, 5),
+        ({"CPU": 1.0}, 0, 4, 1),  # never none
+        ({"CPU": 64.0, "GPU": 8.0}, 1, 1, 8),  # GPU actors: one per --num-gpus GPUs
+        ({"CPU": 64.0, "GPU": 8.0}, 0.5, 1, 16),
+        ({"CPU": 64.0}, 1, 1, 1),
+    ],
+)
+def test_default_concurrency_fills_the_cluster(resources, num_gpus, cpus_per_actor, actors):
+    from fashion_tagger.inference.ray_predict import _fill_cluster
+
+    assert _fill_cluster(resources, num_gpus, cpus_per_actor) == actors

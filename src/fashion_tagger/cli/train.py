@@ -244,6 +244,12 @@ def _print_run(run, as_json: bool) -> None:
     for key, value in summary["metrics"].items():
         if key.startswith("val_acc"):
             console.print(f"  {key}: {100 * value:.1f} %")
+    before, after = (summary["metrics"].get(f"val_ece_{k}") for k in ("before", "after"))
+    if before is not None and after is not None:
+        temps = " / ".join(f"{t:.2f}" for t in run.spec.temperatures)
+        console.print(
+            f"  confidence ECE on val: {before:.3f} -> {after:.3f} (temperatures {temps})"
+        )
 
 
 @app.command("predict")
@@ -261,7 +267,12 @@ def predict_cmd(
         "local", "--engine", help="local (one process) or ray (a Ray cluster; --out is a folder)."
     ),
     address: str = typer.Option(None, "--address", help="ray: the cluster (default: a local one)."),
-    concurrency: int = typer.Option(1, "--concurrency", min=1, help="ray: model actors."),
+    concurrency: int | None = typer.Option(
+        None,
+        "--concurrency",
+        min=1,
+        help="ray: model actors (default: one per CPU of the cluster, or per --num-gpus GPUs).",
+    ),
     num_gpus: float = typer.Option(0.0, "--num-gpus", min=0.0, help="ray: GPUs per model actor."),
     partition_size: int = typer.Option(
         1000, "--partition-size", min=1, help="ray: images per output partition (resume unit)."

@@ -37,7 +37,7 @@ from fashion_tagger._io import write_bytes_atomic
 from fashion_tagger.dataset import manifest
 from fashion_tagger.errors import FashionTaggerError, require
 from fashion_tagger.inference.predict import _parquet_schema, expand_inputs
-from fashion_tagger.inference.tagger import BACKENDS, Prediction, Tagger, _onnx_available
+from fashion_tagger.inference.tagger import Prediction, Tagger, resolve_backend
 from fashion_tagger.model.preprocess import decode_for_model, normalize, to_uint8
 from fashion_tagger.model.rundir import RunDir
 
@@ -268,7 +268,7 @@ class TaggerActor:
     ) -> None:
         run = RunDir.open(run_dir)
         gpu = device != "cpu" and backend in ("auto", "torch")
-        name = "torch" if gpu else _backend_name(run, backend)
+        name = "torch" if gpu else resolve_backend(run, backend)
         # model threads = the CPUs reserved: two actors on two cores do not fight over them
         if name == "onnx":  # imports onnxruntime only: no torch in an ONNX actor
             from fashion_tagger.inference.onnx import OnnxBackend
@@ -323,21 +323,12 @@ class TaggerActor:
 
 
 # -- the driver -----------------------------------------------------------------------------------
-def _backend_name(run: RunDir, backend: str) -> str:
-    """The backend the actors will load, checked on the driver as `Tagger.load` checks it, but
-    without loading a model here: the driver only plans and writes."""
-    if backend not in BACKENDS:
-        raise FashionTaggerError(f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
-    if backend == "auto":
-        return "onnx" if _onnx_available(run) else "torch"
-    if backend == "onnx":
-        if not run.onnx.is_file():
-            raise FashionTaggerError(
-                f"{run.path} has no {run.onnx.name}; create it with `fashion-tagger export "
-                f"{run.path} --format onnx` or use --backend torch"
-            )
-        require("onnxruntime", "onnx")
-    return backend
+def _fill_cluster(resources: dict[str, float], num_gpus: float, cpus_per_actor: float) -> int:
+    """How many model actors the cluster holds: one per `num_gpus` GPUs, else per
+    `cpus_per_actor` CPUs (at least one)."""
+    if num_gpus:
+        return max(1, int(resources.get("GPU", 0) // num_gpus))
+    return max(1, int(resources.get("CPU", 1) // cpus_per_actor))
 
 
 def _ray(address: str | None, num_cpus: int | None):
@@ -456,7 +447,7 @@ def predict_ray(
     out_dir: str | Path,
     *,
     address: str | None = None,
-    concurrency: int | tuple[int, int] = 1,
+    concurrency: int | tuple[int, int] | None = None,
     num_gpus: float = 0,
     batch_size: int = 256,
     backend: str = "auto",
@@ -473,7 +464,9 @@ def predict_ray(
     Args:
         address: a Ray cluster (`ray://host:10001`, `auto`); default the cluster this process
             joined, else a new local one (of `num_cpus` CPUs).
-        concurrency: model actors (or `(min, max)` to autoscale), each holding one model.
+        concurrency: model actors (or `(min, max)` to autoscale), each holding one model;
+            None: as many as the cluster holds (its CPUs / `cpus_per_actor`, or with `num_gpus`
+            its GPUs / `num_gpus`).
         num_gpus: GPUs per actor; with GPUs the torch model runs on CUDA.
         batch_size: images per actor call and per decode task (256 measured best on 2 cores:
             fewer tasks and object transfers; see benchmarks/ray_bench.py).
@@ -498,7 +491,7 @@ def predict_ray(
         raise FashionTaggerError(f"--decode must be one of {', '.join(DECODE_MODES)}")
     started_at = time.perf_counter()
     run = RunDir.open(run_dir)
-    backend_name = _backend_name(run, "torch" if num_gpus else backend)
+    backend_name = resolve_backend(run, "torch" if num_gpus else backend)
     paths = resolve_source(source)
     parts = plan_partitions(paths, partition_size)
     out = _Out(out_dir)
@@ -510,6 +503,8 @@ def predict_ray(
         ray, started = _ray(address, num_cpus)
         try:
             ray.data.DataContext.get_current().enable_progress_bars = progress
+            if concurrency is None:
+                concurrency = _fill_cluster(ray.cluster_resources(), num_gpus, cpus_per_actor)
             options = {
                 "batch_size": batch_size,
                 "backend": backend,

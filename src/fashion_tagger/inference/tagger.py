@@ -123,6 +123,26 @@ def _onnx_available(run: RunDir) -> bool:
     return True
 
 
+def resolve_backend(run: RunDir, backend: str = "auto") -> str:
+    """The backend a run dir will be tagged with (`torch` or `onnx`), checked without loading a
+    model: `auto` = ONNX when model.onnx exists and onnxruntime imports, else torch; an explicit
+    `onnx` needs both, or raises saying how to get them."""
+    if backend not in BACKENDS:
+        raise FashionTaggerError(f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    if backend == "auto":
+        return "onnx" if _onnx_available(run) else "torch"
+    if backend == "onnx":
+        if not run.onnx.is_file():
+            raise FashionTaggerError(
+                f"{run.path} has no {run.onnx.name}; create it with `fashion-tagger export "
+                f"{run.path} --format onnx` or use --backend torch"
+            )
+        from fashion_tagger.errors import require
+
+        require("onnxruntime", "onnx")
+    return backend
+
+
 class Tagger:
     """A trained model ready to tag images.
 
@@ -143,22 +163,8 @@ class Tagger:
     def load(cls, run_dir: str | Path | RunDir, backend: str = "auto") -> Tagger:
         """Open a run dir with a backend: `auto` = ONNX when model.onnx exists and onnxruntime
         imports, else torch."""
-        if backend not in BACKENDS:
-            raise FashionTaggerError(
-                f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}"
-            )
         run = run_dir if isinstance(run_dir, RunDir) else RunDir.open(run_dir)
-        if backend == "auto":
-            backend = "onnx" if _onnx_available(run) else "torch"
-        if backend == "onnx":
-            if not run.onnx.is_file():
-                raise FashionTaggerError(
-                    f"{run.path} has no {run.onnx.name}; create it with `fashion-tagger export "
-                    f"{run.path} --format onnx` or use --backend torch"
-                )
-            from fashion_tagger.errors import require
-
-            require("onnxruntime", "onnx")
+        if resolve_backend(run, backend) == "onnx":
             from fashion_tagger.inference.onnx import OnnxBackend
 
             return cls(run.spec, OnnxBackend(run.onnx), "onnx")
