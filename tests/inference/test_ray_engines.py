@@ -163,17 +163,21 @@ def test_unknown_options_are_refused_before_ray_starts(onnx_photos, decode, back
 
 
 @pytest.mark.parametrize(
-    ("resources", "num_gpus", "cpus_per_actor", "actors"),
+    ("resources", "num_gpus", "cpus_per_actor", "decode_cpus", "actors"),
     [
-        ({"CPU": 16.0}, 0, 1, 16),
-        ({"CPU": 16.0}, 0, 3, 5),
-        ({"CPU": 1.0}, 0, 4, 1),  # never none
-        ({"CPU": 64.0, "GPU": 8.0}, 1, 1, 8),  # GPU actors: one per --num-gpus GPUs
-        ({"CPU": 64.0, "GPU": 8.0}, 0.5, 1, 16),
-        ({"CPU": 64.0}, 1, 1, 1),
+        ({"CPU": 16.0}, 0, 1, 0, 16),
+        ({"CPU": 16.0}, 0, 3, 0, 5),
+        ({"CPU": 1.0}, 0, 4, 0, 1),  # never none
+        ({"CPU": 2.0}, 0, 1, 0.5, 1),  # decode tasks need a CPU the actors leave them
+        ({"CPU": 64.0, "GPU": 8.0}, 1, 1, 1, 8),  # GPU actors: one per --num-gpus GPUs
+        ({"CPU": 64.0, "GPU": 8.0}, 0.5, 1, 1, 16),
+        ({"CPU": 8.0, "GPU": 8.0}, 1, 1, 1, 7),  # ... and CPUs for the actors and one decode task
+        ({"CPU": 64.0}, 1, 1, 1, 1),
     ],
 )
-def test_default_concurrency_fills_the_cluster(resources, num_gpus, cpus_per_actor, actors):
+def test_default_concurrency_fills_the_cluster(
+    resources, num_gpus, cpus_per_actor, decode_cpus, actors
+):
     from fashion_tagger.inference.ray_predict import _fill_cluster
 
-    assert _fill_cluster(resources, num_gpus, cpus_per_actor) == actors
+    assert _fill_cluster(resources, num_gpus, cpus_per_actor, decode_cpus) == actors

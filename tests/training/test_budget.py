@@ -101,6 +101,9 @@ def test_cli_max_time_without_epochs_trains_the_planned_epochs(fake_steps, tmp_p
         res_fixed = CliRunner().invoke(app, fixed)
     assert res.exit_code == 0 and res_fixed.exit_code == 0, res.output + res_fixed.output
     assert f"{planned[0]} epochs" in res.stdout
+    metrics = RunDir.open(tmp_path / "a").config["metrics"]
+    ece = f"{metrics['val_ece_before']:.3f} -> {metrics['val_ece_after']:.3f}"
+    assert f"confidence ECE on val: {ece}" in res.stdout
     training = RunDir.open(tmp_path / "a").config["training"]
     assert (training["epochs"], training["train_fraction"]) == planned
     assert RunDir.open(tmp_path / "b").config["training"]["epochs"] == 1

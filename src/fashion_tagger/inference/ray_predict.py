@@ -323,12 +323,18 @@ class TaggerActor:
 
 
 # -- the driver -----------------------------------------------------------------------------------
-def _fill_cluster(resources: dict[str, float], num_gpus: float, cpus_per_actor: float) -> int:
-    """How many model actors the cluster holds: one per `num_gpus` GPUs, else per
-    `cpus_per_actor` CPUs (at least one)."""
+def _fill_cluster(
+    resources: dict[str, float], num_gpus: float, cpus_per_actor: float, decode_cpus: float = 0
+) -> int:
+    """How many model actors the cluster holds (at least one): one per `cpus_per_actor` CPUs,
+    and with `num_gpus` no more than one per `num_gpus` GPUs. `decode_cpus` (decoding in tasks
+    apart from the actors) is kept free for one decode task: actors holding every CPU would
+    leave the tasks that feed them none, and the job would wait forever."""
+    cpus = max(0.0, resources.get("CPU", 1) - decode_cpus)
+    actors = int(cpus // cpus_per_actor)
     if num_gpus:
-        return max(1, int(resources.get("GPU", 0) // num_gpus))
-    return max(1, int(resources.get("CPU", 1) // cpus_per_actor))
+        actors = min(actors, int(resources.get("GPU", 0) // num_gpus))
+    return max(1, actors)
 
 
 def _ray(address: str | None, num_cpus: int | None):
@@ -504,7 +510,10 @@ def predict_ray(
         try:
             ray.data.DataContext.get_current().enable_progress_bars = progress
             if concurrency is None:
-                concurrency = _fill_cluster(ray.cluster_resources(), num_gpus, cpus_per_actor)
+                in_tasks = decode == "tasks" or (decode == "auto" and bool(num_gpus))
+                concurrency = _fill_cluster(
+                    ray.cluster_resources(), num_gpus, cpus_per_actor, decode_cpus * in_tasks
+                )
             options = {
                 "batch_size": batch_size,
                 "backend": backend,
