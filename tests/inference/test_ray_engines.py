@@ -28,14 +28,6 @@ pytest.importorskip("onnxruntime")
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    """One local two-CPU cluster for the module: Ray takes seconds to start."""
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def onnx_photos(tmp_path_factory) -> tuple[Path, Path]:
     """(run_dir with model.onnx, folder of 40 images of which one is broken)."""
     tiny_run, dataset_dir = shared_tiny_run()

@@ -27,14 +27,6 @@ ray = pytest.importorskip("ray")
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    """One local two-CPU cluster for the module: Ray takes seconds to start."""
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> tuple[Path, Path]:
     """(run_dir, folder): the tiny run and 31 images in two subfolders, one of them broken."""
     run_dir, dataset_dir = shared_tiny_run()
