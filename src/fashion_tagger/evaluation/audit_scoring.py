@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fashion_tagger.model.calibration import fit_temperature_logp
 from fashion_tagger.model.decode import LeafTable
 from fashion_tagger.taxonomy import Taxonomy
 
@@ -305,22 +306,14 @@ def calibrate(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, float]
     Returns (calibrated probabilities, T); T > 1 means the heads were overconfident. With
     fewer than two labelled rows or classes, nothing is fitted (T = 1).
     """
-    from scipy.optimize import minimize_scalar
-
     p = np.asarray(probs, dtype=np.float64)
     y = np.asarray(labels, dtype=np.int64)
     keep = np.flatnonzero(y >= 0)
     logp = np.log(np.clip(p, 1e-300, 1.0))
     if len(keep) < 2 or p.shape[1] < 2:
         return p, 1.0
-    picked = logp[keep, y[keep]]
-
-    def nll(t: float) -> float:
-        z = logp[keep] / t
-        top = z.max(axis=1)
-        return float(np.mean(top + np.log(np.exp(z - top[:, None]).sum(axis=1)) - picked / t))
-
-    temperature = float(minimize_scalar(nll, bounds=(0.05, 20.0), method="bounded").x)
+    # the one temperature fit of the project (`model.calibration`), on this module's log floor
+    temperature = fit_temperature_logp(logp[keep], y[keep])
     return _softmax(logp / temperature), temperature
 
 

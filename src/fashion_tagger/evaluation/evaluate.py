@@ -146,7 +146,7 @@ def calibration_block(
     raw = temp.apply_temperatures(out.levels, [1.0 / t for t in temperatures])
     paths, conf = temp.path_confidence(leaves, out.levels)
     right = (paths == truth).all(axis=1)
-    which = np.minimum((conf * temp.ECE_BINS).astype(np.int64), temp.ECE_BINS - 1)
+    which = temp.confidence_bin(conf)
     bins = [
         {
             "from": b / temp.ECE_BINS,

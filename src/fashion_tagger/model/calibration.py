@@ -74,15 +74,21 @@ def nll(probs: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> floa
 def fit_temperature(probs: np.ndarray, labels: np.ndarray, iterations: int = 80) -> float:
     """The T in `T_RANGE` minimising the NLL of `labels` under softmax(log `probs` / T).
 
-    The NLL is convex in beta = 1/T (a log-sum-exp of lines in beta minus a line), hence
-    unimodal in log beta: a golden-section search over log beta finds the minimum to ~1e-12
-    in log space without a gradient or an optimiser dependency.
-
     Args:
         probs: (N, C) class probabilities of one level (rows sum to 1).
         labels: (N,) true class per row.
     """
-    lp = log_probs(probs)
+    return fit_temperature_logp(log_probs(probs), labels, iterations)
+
+
+def fit_temperature_logp(logp: np.ndarray, labels: np.ndarray, iterations: int = 80) -> float:
+    """`fit_temperature` on log-probabilities the caller floored its own way.
+
+    The NLL is convex in beta = 1/T (a log-sum-exp of lines in beta minus a line), hence
+    unimodal in log beta: a golden-section search over log beta finds the minimum to ~1e-12
+    in log space without a gradient or an optimiser dependency.
+    """
+    lp = np.asarray(logp, dtype=np.float64)
     y = np.asarray(labels, dtype=np.int64)
     lo, hi = math.log(1.0 / T_RANGE[1]), math.log(1.0 / T_RANGE[0])
     g = (math.sqrt(5.0) - 1.0) / 2.0
@@ -100,6 +106,12 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray, iterations: int = 80)
     return float(1.0 / math.exp((lo + hi) / 2.0))
 
 
+def confidence_bin(confidence: np.ndarray, bins: int = ECE_BINS) -> np.ndarray:
+    """The equal-width bin of each confidence in [0, 1] (1 falls in the last bin): the bins of
+    the ECE and of `evaluate`'s reliability table."""
+    return np.minimum((np.asarray(confidence) * bins).astype(np.int64), bins - 1)
+
+
 def expected_calibration_error(
     confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS
 ) -> float:
@@ -110,7 +122,7 @@ def expected_calibration_error(
     right = np.asarray(correct, dtype=np.float64)
     if conf.size == 0:
         return 0.0
-    which = np.minimum((conf * bins).astype(np.int64), bins - 1)
+    which = confidence_bin(conf, bins)
     # per bin |sum(correct) - sum(confidence)| / N = (bin's share) * |accuracy - confidence|
     gap = np.abs(
         np.bincount(which, weights=right, minlength=bins)
