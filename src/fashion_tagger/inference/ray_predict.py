@@ -211,6 +211,14 @@ DECODE_MODES = ("auto", "actor", "tasks")
 processes; the fastest on CPU), `tasks` in CPU tasks of their own that feed the actors (so
 GPU actors only run the model), `auto` = `tasks` with GPUs, else `actor`."""
 
+
+def _decode_place(decode: str, num_gpus: float) -> str:
+    """`actor` or `tasks`: where `decode` (one of `DECODE_MODES`) decodes, `auto` resolved."""
+    if decode == "auto":
+        return "tasks" if num_gpus else "actor"
+    return decode
+
+
 MODEL_BATCH = 64
 """Images per model call inside an actor that decodes: its threads decode the next images
 while the model runs on these, as the local `predict` overlaps decoding and the model."""
@@ -379,9 +387,7 @@ def _items(ray, parts: list[list[str]], pending: list[int], block: int):
 def _dataset(ray, data, run_dir, spec, options: dict[str, Any]):
     """The Ray Data plan: paths -> [decode tasks] -> the model's actor pool."""
     gpus = options["num_gpus"]
-    decode = options["decode"]
-    if decode == "auto":
-        decode = "tasks" if gpus else "actor"
+    decode = _decode_place(options["decode"], gpus)
     if decode == "tasks":
         # with other resources than the actors' (always so with GPUs), Ray Data runs these
         # as tasks of their own spread over the cluster; with the same, it fuses them into
@@ -510,7 +516,7 @@ def predict_ray(
         try:
             ray.data.DataContext.get_current().enable_progress_bars = progress
             if concurrency is None:
-                in_tasks = decode == "tasks" or (decode == "auto" and bool(num_gpus))
+                in_tasks = _decode_place(decode, num_gpus) == "tasks"
                 concurrency = _fill_cluster(
                     ray.cluster_resources(), num_gpus, cpus_per_actor, decode_cpus * in_tasks
                 )
