@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import replace
+from datetime import timedelta
 
 import torch
 
@@ -28,8 +29,7 @@ def fit_to_budget(config: TrainConfig, n_train: int, n_val: int) -> TrainConfig:
     max_time = parse_max_time(config.max_time)
     if not max_time or config.model.freeze_backbone or not _one_process(config):
         return config
-    seconds = sum(max_time[k] * s for k, s in (("days", 86400), ("hours", 3600), ("minutes", 60)))
-    minutes = (seconds + max_time["seconds"]) / 60
+    minutes = timedelta(**max_time).total_seconds() / 60
     epochs, fraction = plan_budget(config, n_train, minutes, n_val)
     return replace(config, epochs=epochs, train_fraction=fraction)
 
