@@ -22,12 +22,12 @@ DEFAULT_THRESHOLD = 0.75
 """Attribute threshold when none was calibrated (the value of Ferreira et al. 2018)."""
 
 RESIZE_MODES = ("squash", "pad", "fashion-mnist")
-INTERPOLATIONS = ("bilinear", "bicubic")
-"""How images are resampled to the input size: what the pretrained weights were trained with
-(timm's Lite0 says bicubic), bilinear otherwise and for run dirs older than this key."""
 """How an image reaches the input size: stretch it, fit it inside and pad with white, or
 Zalando's Fashion-MNIST conversion (trim, fit, sharpen, centre, negate, grey), which brings
 product photos into the domain of a model trained on Fashion-MNIST."""
+INTERPOLATIONS = ("bilinear", "bicubic")
+"""How images are resampled to the input size: what the pretrained weights were trained with
+(timm's Lite0 says bicubic), bilinear otherwise and for run dirs older than this key."""
 
 DEFAULT_HEAD = "unified"
 
