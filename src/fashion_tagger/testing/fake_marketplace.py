@@ -8,6 +8,7 @@ non-fashion branches: Home, Entertainment, Beauty, Toys) and setting an expiring
 prices come in both the string and the object shape, and faults can be switched on at a fixed
 rate (every k-th request) so a test is deterministic. Every request is counted per path and
 query, so a test can check that nothing was fetched twice.
+What it serves (the category tree, its leaves, the photos) is built in `fake_catalog`.
 
 Run it by hand and crawl it:
 
@@ -24,19 +25,24 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
-import io
 import json
 import math
 import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, fields
-from functools import lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from PIL import Image, ImageDraw
+from fashion_tagger.testing.fake_catalog import (
+    NON_FASHION,
+    FakeLeaf,
+    catalog_tree,
+    colour_int,
+    fashion_paths,
+    photo_bytes,
+)
 
 
 @dataclass
@@ -84,50 +90,6 @@ class Faults:
                 raise ValueError(f"unknown fault {key!r}; known: {', '.join(known)}")
             setattr(out, key, float(value) if "float" in str(known[key]) else int(value))
         return out
-
-
-@dataclass(frozen=True)
-class FakeLeaf:
-    id: int
-    path: tuple[str, ...]
-    fashion: bool
-    items: tuple[int, ...]
-
-
-ROOTS = {
-    "Women": (1904, "WOMEN_ROOT"),
-    "Men": (5, "MEN_ROOT"),
-    "Kids": (1193, "KIDS_ROOT"),
-    "Home": (1918, "HOME_ROOT"),
-    "Entertainment": (2309, "ENTERTAINMENT_ROOT"),
-}
-FASHION = [
-    ("Women", "Shoes", "Sneakers"),
-    ("Men", "Shoes", "Sneakers"),
-    ("Women", "Clothes", "Coats & jackets", "Parkas"),
-    ("Men", "Clothes", "Coats & jackets", "Parkas"),
-    ("Kids", "Girls", "Dresses"),
-    ("Women", "Clothes", "Dresses"),
-    ("Men", "Clothes", "Jeans"),
-    ("Kids", "Boys", "T-shirts"),
-    ("Women", "Bags", "Handbags"),
-    ("Men", "Accessories", "Belts"),
-]
-"""Women/Men pairs first, so listings shared by a pair exist from 2 categories on."""
-NON_FASHION = [
-    ("Women", "Beauty", "Make-up"),
-    ("Kids", "Toys", "Dolls"),
-    ("Home", "Textiles", "Blankets"),
-    ("Entertainment", "Books", "Novels"),
-]
-
-
-def fashion_paths(n: int) -> list[tuple[str, ...]]:
-    """The first `n` fashion leaf paths (made-up styles beyond the built-in ten)."""
-    out = list(FASHION[:n])
-    for i in range(len(out), n):
-        out.append((("Women", "Men", "Kids")[i % 3], "Clothes", f"Style {i}"))
-    return out
 
 
 class FakeVinted:
@@ -187,24 +149,10 @@ class FakeVinted:
                 ]
             by_path[path] = tuple(items)
             self.leaves.append(FakeLeaf(20_000 + k, path, k < len(paths), tuple(items)))
-        self.tree = self._tree()
+        self.tree = catalog_tree(self.leaves)
         self._server: ThreadingHTTPServer | None = None
 
     # -- data --------------------------------------------------------------------------------
-    def _tree(self) -> list[dict[str, Any]]:
-        roots: dict[str, dict[str, Any]] = {}
-        ids = iter(range(30_000, 40_000))
-        for leaf in self.leaves:
-            rid, code = ROOTS[leaf.path[0]]
-            node = roots.setdefault(leaf.path[0], _node(rid, leaf.path[0], code))
-            for title in leaf.path[1:-1]:
-                found = [c for c in node["catalogs"] if c["title"] == title]
-                node = found[0] if found else _add(node, _node(next(ids), title, ""))
-            _add(node, _node(leaf.id, leaf.path[-1], "", len(leaf.items)))
-        for root in roots.values():
-            _count(root)
-        return list(roots.values())
-
     def fashion_leaves(self) -> list[FakeLeaf]:
         return [leaf for leaf in self.leaves if leaf.fashion]
 
@@ -257,7 +205,7 @@ class FakeVinted:
             "width": 240,
             "height": 320,
             "is_main": n == 0,
-            "dominant_color": f"#{_colour_int(item_id, n):06x}",
+            "dominant_color": f"#{colour_int(item_id, n):06x}",
             "thumbnails": [
                 {"type": "thumb70x100", "url": url + "&t=70", "width": 70, "height": 100}
             ],
@@ -335,52 +283,12 @@ class _Server(ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
-def _node(nid: int, title: str, code: str, count: int = 0) -> dict[str, Any]:
-    return {
-        "id": nid,
-        "title": title,
-        "code": code,
-        "catalogs": [],
-        "item_count": count,
-        "url": f"/catalog/{nid}",
-        "photo": None,
-        "unisex_catalog_id": None,
-        "size_group_field_visibility": True,
-    }
-
-
-def _add(parent: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
-    parent["catalogs"].append(child)
-    return child
-
-
-def _count(node: dict[str, Any]) -> int:
-    if node["catalogs"]:
-        node["item_count"] = sum(_count(c) for c in node["catalogs"])
-    return node["item_count"]
-
-
 def _b64(obj: Any) -> str:
     return base64.urlsafe_b64encode(json.dumps(obj).encode()).decode().rstrip("=")
 
 
 def _html_escape(s: str) -> str:
     return s.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;")
-
-
-def _colour_int(item_id: int, n: int) -> int:
-    return int(hashlib.sha1(f"{item_id}/{n}".encode()).hexdigest()[:6], 16)
-
-
-@lru_cache(maxsize=4096)
-def photo_bytes(item_id: int, n: int) -> bytes:
-    """The JPEG of photo `n` of a listing: 240x320, one colour per listing, a band per photo."""
-    c = _colour_int(item_id, n)
-    img = Image.new("RGB", (240, 320), ((c >> 16) & 255, (c >> 8) & 255, c & 255))
-    ImageDraw.Draw(img).rectangle((0, 40 * n, 239, 40 * n + 30), fill=(255, 255, 255))
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=85)
-    return buf.getvalue()
 
 
 class _Handler(BaseHTTPRequestHandler):
