@@ -11,6 +11,8 @@
      0.999, to show how the flag moves with it), the best recall at precision >= 0.8 (any
      threshold), and the AUROC of the row score;
    - the same AUROC for the articleType-level score, 1 - P(articleType | given subCategory);
+   - `audit --level articleType`'s score, the posterior that the articleType is wrong with the
+     subCategory right (`PathScores.level_posteriors`): P / R, R@P0.8 and AUROC as above;
    - flat cleanlab on the leaf label alone (a flat softmax over leaves trained the same way on
      the same folds; self-confidence, flagged at the same threshold and by find_label_issues);
    - precision with the clean zip's own flagged rows left out (what caps precision: those rows
@@ -190,6 +192,7 @@ def noise_run(
     flat_score, flat_cl = flat_run(noisy, feats[rows], cfg)
     flat_seconds = time.perf_counter() - t1
     leaf_level = np.nan_to_num(scored.level_scores[:, -1])  # 1 - P(articleType | subCategory)
+    leaf_posterior = np.nan_to_num(scored.level_posteriors[:, -1])  # audit --level articleType
     images = noisy.table.column("image").to_pylist()
     known = np.array([img in clean_flags for img in images])
 
@@ -205,6 +208,7 @@ def noise_run(
         out[f"hier_{name}"] = kind_metrics(score, kind, k, known)
         out[f"hier_{name}"]["label_kind_pr"] = prf(label_flag, kind, k, score)
         out[f"hier_leaf_level_{name}"] = kind_metrics(leaf_level, kind, k, known)
+        out[f"hier_leaf_posterior_{name}"] = kind_metrics(leaf_posterior, kind, k, known)
         out[f"flat_{name}"] = kind_metrics(flat_score, kind, k, known)
         out[f"flat_cl_{name}"] = prf(flat_cl, kind, k, flat_score)
     out["flagged"] = {"hier": int((score >= DEFAULT_THRESHOLD).sum()),

@@ -22,6 +22,7 @@ from fashion_tagger.errors import DatasetError
 from fashion_tagger.evaluation.audit import (
     AuditConfig,
     audit,
+    issues_settings,
     read_issues,
     write_issues,
 )
@@ -238,11 +239,52 @@ def test_audit_needs_labels_items_and_sane_options(tmp_path: Path) -> None:
         AuditConfig(threshold=1.5)
     with pytest.raises(AuditError, match="--hidden"):
         AuditConfig(head=HeadConfig(hidden=-1))
+    with pytest.raises(AuditError, match="choose one"):
+        AuditConfig(level="articleType", threshold=None)
     make_dataset(tmp_path, LEAVES[:3], items=["a", "a", "b"])
     with pytest.raises(AuditError, match="2 items cannot make 5 folds"):
         audit(tmp_path, features=np.zeros((3, 4)), progress=False)
     with pytest.raises(AuditError, match="features have 2 rows"):
         audit(tmp_path, features=np.zeros((2, 4)), progress=False)
+
+
+def sibling_swaps(n: int, frac: float, seed: int):
+    """Clustered rows (as `clustered`) where `frac` carry a sibling's label (same parents)."""
+    feats, paths, _, _ = clustered(n, noise=1.2, flip=0.0, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    swapped = np.zeros(n, dtype=bool)
+    for i in rng.choice(n, round(frac * n), replace=False):
+        sibs = [q for q in LEAVES if q[:2] == paths[i][:2] and q != paths[i]]
+        if sibs:
+            paths[i] = sibs[rng.integers(len(sibs))]
+            swapped[i] = True
+    return feats, paths, swapped
+
+
+def test_level_mode_scores_and_flags_one_level(tmp_path: Path) -> None:
+    """--level articleType: the score is that level's posterior, the flag its threshold, and
+    sibling swaps come first; a level the taxonomy lacks fails before any work, naming them."""
+    feats, paths, swapped = sibling_swaps(400, 0.08, seed=5)
+    make_dataset(tmp_path, paths)
+    cfg = AuditConfig(threshold=0.5, head=HeadConfig(epochs=20), level="articleType")
+    audit(tmp_path, features=feats, config=cfg, progress=False)
+    table = read_issues(tmp_path)
+    assert issues_settings(table)["level"] == "articleType"
+    assert "articleType is wrong" in issues_settings(table)["score"]
+    rows = {r["image"]: r for r in table.to_pylist()}
+    ordered = [rows[i] for i in Dataset.open(tmp_path).table.column("image").to_pylist()]
+    scores = np.array([r["score"] for r in ordered])
+    assert np.all((scores >= 0) & (scores <= 1))
+    for r in ordered:
+        assert (r["kind"] == "label") == (r["score"] >= 0.5)
+    assert auroc(scores, swapped) > 0.95
+    flags = np.array([r["kind"] == "label" for r in ordered])
+    assert swapped[flags].mean() >= 0.9 and flags[swapped].mean() >= 0.4  # 0.5: cautious
+    # a photo of the only child of its parent (Sandals) cannot be a sibling swap: score 0
+    lone = [r["score"] for r in ordered if r["given"][-1] == "Sandals"]
+    assert lone and max(lone) == 0.0
+    with pytest.raises(AuditError, match="its levels: masterCategory, subCategory, articleType"):
+        audit(tmp_path, features=feats, config=AuditConfig(level="colour"), progress=False)
 
 
 # -- the features cache -----------------------------------------------------------------------
@@ -338,6 +380,10 @@ def test_score_paths_invariants(case, threshold) -> None:
         assert np.all(np.isnan(s.level_scores[i, depth:]))
         assert np.all((s.level_scores[i, :depth] >= 0) & (s.level_scores[i, :depth] <= 1))
     assert np.allclose(s.score, bayes_by_hand(tax, given, probs, s), atol=1e-9)
+    assert s.level_posteriors.shape == (n, tax.depth)
+    by_hand = family_posteriors_by_hand(tax, given, probs, s)
+    assert np.array_equal(np.isnan(s.level_posteriors), np.isnan(by_hand))
+    assert np.allclose(np.nan_to_num(s.level_posteriors), np.nan_to_num(by_hand), atol=1e-9)
     assert s.noise_rates.shape == (tax.depth,) and np.all(
         (s.noise_rates >= 0) & (s.noise_rates < 1)
     )
@@ -377,6 +423,43 @@ def bayes_by_hand(tax: Taxonomy, given: np.ndarray, probs: list, s) -> np.ndarra
                 wrong += joint[j] * eps[lvl] / max(parting, 1)
         out.append(wrong / (wrong + right) if wrong + right > 0 else 0.0)
     return np.array(out)
+
+
+def family_posteriors_by_hand(tax: Taxonomy, given: np.ndarray, probs: list, s) -> np.ndarray:
+    """Per row and level: P(the given node is wrong | its given parent right), one sibling at a
+    time, from the calibrated joint over leaves and the level's noise rate spread evenly."""
+    leaves = [tuple(p) for p in tax.leaf_index_paths()]
+    cal = []
+    for p, t in zip(probs, s.temperatures, strict=True):
+        z = np.log(np.clip(p, 1e-300, 1)) / t
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        cal.append(e / e.sum(axis=1, keepdims=True))
+    out = np.full(given.shape, np.nan)
+    for i in range(len(given)):
+        path = [int(v) for v in given[i] if v >= 0]
+        joint = np.array(
+            [np.prod([cal[lvl][i, n] for lvl, n in enumerate(leaf)]) for leaf in leaves]
+        )
+        for lvl, node in enumerate(path):
+            siblings = [
+                c for c in range(tax.sizes[lvl]) if lvl == 0 or tax.parents[lvl][c] == path[lvl - 1]
+            ]
+            if len(siblings) < 2:
+                out[i, lvl] = 0.0
+                continue
+            mass = {  # joint mass under each sibling, below the given parents
+                c: sum(
+                    joint[j]
+                    for j, leaf in enumerate(leaves)
+                    if len(leaf) > lvl and list(leaf[:lvl]) == path[:lvl] and leaf[lvl] == c
+                )
+                for c in siblings
+            }
+            right = mass[node] / sum(mass.values())
+            rate = min(s.noise_rates[lvl], 0.9)
+            wrong = (1 - right) * rate / (len(siblings) - 1)
+            out[i, lvl] = wrong / (wrong + right * (1 - rate))
+    return out
 
 
 def three_level_tree() -> tuple[Taxonomy, np.ndarray, list]:
@@ -479,3 +562,14 @@ def test_audit_command_reuses_a_run_backbone(tmp_path: Path) -> None:
     again = CliRunner().invoke(app, args)  # features now come from the cache
     assert again.exit_code == 0 and "0 images embedded now" in again.output
     assert "issues by kind" in again.output
+    # --level: a level of the taxonomy scores by it; another is a user error (`main` prints it
+    # in one line) naming the levels, before any work, and the issues file stays as it was
+    before = (data / "label_issues.parquet").read_bytes()
+    bad = CliRunner().invoke(app, [*args, "--level", "articleType"])
+    assert isinstance(bad.exception, AuditError)
+    assert "its levels: shape, colour" in str(bad.exception)
+    assert (data / "label_issues.parquet").read_bytes() == before
+    level = Dataset.open(data).taxonomy.level_names[-1]
+    by_level = CliRunner().invoke(app, [*args, "--level", level, "--json"])
+    assert by_level.exit_code == 0, by_level.output
+    assert issues_settings(read_issues(data))["level"] == level

@@ -38,6 +38,13 @@ def audit_cmd(
         "--confident-learning",
         help="Flag by cleanlab's find_label_issues per level instead of --threshold.",
     ),
+    level: str = typer.Option(
+        None,
+        "--level",
+        help="Score and flag by this taxonomy level alone (e.g. articleType): the posterior "
+        "probability that the row's node there is wrong, the levels above right. Finds mix-ups "
+        "among siblings (Tshirts for Tops) that the whole path's score ranks lower.",
+    ),
     seed: int = typer.Option(0, "--seed", help="Same seed, same folds and heads."),
     top: int = typer.Option(15, "--top", help="Issues shown in the summary."),
     review: bool = typer.Option(
@@ -58,6 +65,7 @@ def audit_cmd(
     page, then apply the decisions with `dataset relabel`.
 
     Example: fashion-tagger audit data/products --folds 5 --json
+    Example: fashion-tagger audit data/products --level articleType --threshold 0.9
     """
     from fashion_tagger.evaluation.audit import AuditConfig, audit
     from fashion_tagger.evaluation.audit_scoring import HeadConfig
@@ -71,6 +79,7 @@ def audit_cmd(
             threshold=None if confident_learning else threshold,
             seed=seed,
             head=HeadConfig(hidden=hidden),
+            level=level,
         ),
         progress=progress,
     )

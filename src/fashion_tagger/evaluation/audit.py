@@ -10,7 +10,9 @@ How (see `audit_scoring` for the arithmetic):
    valid paths and estimates how often that level's labels are wrong (confident learning). A
    row's score is the posterior probability that its given path is wrong, by Bayes' rule with
    those noise rates along the tree; the suggested path is the best valid path, `level` the
-   first level where the two part. Rows scoring at least the threshold are flagged.
+   first level where the two part. Rows scoring at least the threshold are flagged. With
+   `level`, a row is scored by one level alone: the posterior that its node there is wrong,
+   the nodes above right (the queue for mix-ups among siblings).
 4. On the same features: near-duplicate photos whose labels differ (`duplicate_conflict`), and
    photos far from all others (`outlier`, cleanlab's kNN out-of-distribution score).
 
@@ -51,6 +53,7 @@ from fashion_tagger.evaluation.audit_scoring import (
     reduce_features,
     score_paths,
 )
+from fashion_tagger.taxonomy import Taxonomy
 
 # -- the audit --------------------------------------------------------------------------------
 DEFAULT_THRESHOLD = 0.99
@@ -79,6 +82,11 @@ class AuditConfig:
         outlier_z: robust z-score (median / MAD) of the kNN distance above which a photo is an
             outlier; 3.5 is Iglewicz and Hoaglin's rule.
         size: (H, W) input of the default pretrained backbone.
+        level: rank and flag by this taxonomy level alone (`--level`): the score becomes the
+            posterior probability that the row's node at that level is wrong given that the
+            nodes above it are right. The review queue for mix-ups among siblings (Tshirts for
+            Tops), which the whole path's score ranks below doubts that cross branches. None:
+            the whole path.
     """
 
     folds: int = 5
@@ -90,6 +98,7 @@ class AuditConfig:
     duplicate_distance: float = 0.02
     outlier_z: float = 3.5
     size: tuple[int, int] = audit_features.DEFAULT_SIZE
+    level: str | None = None
 
     def __post_init__(self) -> None:
         if self.folds < 2:
@@ -98,6 +107,9 @@ class AuditConfig:
             raise AuditError(f"--threshold must be in [0, 1] (got {self.threshold}); try 0.5")
         if self.head.hidden < 0:
             raise AuditError(f"--hidden must be 0 (linear) or more (got {self.head.hidden})")
+        if self.level is not None and self.threshold is None:
+            raise AuditError("--level flags by its posterior and --threshold; "
+                             "--confident-learning flags the whole path: choose one")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -192,6 +204,7 @@ def audit(
     if len(labelled) == 0:
         raise AuditError(f"{dataset_dir} has no labelled rows to audit")
     sub = ds.with_table(ds.table.take(pa.array(labelled)))
+    _level_index(sub.taxonomy, cfg.level)  # a wrong --level fails before minutes of embedding
     if features is None:
         feats, name, embedded = _features(sub, run_dir, cfg, progress, backbone)
     else:
@@ -208,7 +221,11 @@ def audit(
         "seed": cfg.seed,
         "head": asdict(cfg.head),
         "decoder": DECODER,
-        "score": "posterior probability that the given path is wrong (audit_scoring)",
+        "score": "posterior probability that the given path is wrong (audit_scoring)"
+        if cfg.level is None
+        else f"posterior probability that the given {cfg.level} is wrong, the levels above "
+        "right (audit_scoring)",
+        "level": cfg.level,
         "noise_rates": [round(float(r), 5) for r in scored.noise_rates],
         "temperatures": [round(float(t), 4) for t in scored.temperatures],
     }
@@ -246,6 +263,18 @@ __all__ = [
 ]
 
 
+def _level_index(tax: Taxonomy, name: str | None) -> int | None:
+    """The index of `--level` in the taxonomy, or a one-line error naming the levels."""
+    if name is None:
+        return None
+    if name not in tax.level_names:
+        raise AuditError(
+            f"--level {name!r} is not a level of this dataset; its levels: "
+            + ", ".join(tax.level_names)
+        )
+    return tax.level_names.index(name)
+
+
 def audit_rows(
     ds: Dataset, features: np.ndarray, cfg: AuditConfig, progress: bool = False
 ) -> tuple[pa.Table, PathScores]:
@@ -260,6 +289,7 @@ def audit_rows(
         raise AuditError(
             f"{len(set(items))} items cannot make {cfg.folds} folds; lower --folds or add data"
         )
+    level = _level_index(tax, cfg.level)
     given = np.array([tax.encode(p) for p in paths], dtype=np.int64).reshape(len(paths), -1)
     x = reduce_features(features, cfg.head.dims)[0]
     near = reduce_features(features, cfg.knn_dims)[1]
@@ -269,9 +299,13 @@ def audit_rows(
             x, list(given.T), list(tax.sizes), folds, cfg.head, cfg.seed, on_fold=bar.advance
         )
     scored = score_paths(tax, given, probs, cfg.threshold)
+    score, flagged = scored.score, scored.is_issue
+    if level is not None:
+        score = np.nan_to_num(scored.level_posteriors[:, level])
+        flagged = score >= cfg.threshold
     outlier_score, is_outlier, dup = _neighbour_findings(near, paths, cfg)
     kind = np.where(
-        scored.is_issue,
+        flagged,
         "label",
         np.where(dup >= 0, "duplicate_conflict", np.where(is_outlier, "outlier", "ok")),
     )
@@ -287,7 +321,7 @@ def audit_rows(
             "image": images,
             "given": [list(p) for p in paths],
             "suggested": suggested,
-            "score": scored.score.astype(float),
+            "score": score.astype(float),
             "kind": kind.tolist(),
             "level": [level_names[lv] if lv >= 0 else None for lv in scored.level],
             "is_issue": (kind != "ok").tolist(),
@@ -299,5 +333,5 @@ def audit_rows(
             "sha256": ds.table.column("sha256").to_pylist(),
         }
     )
-    order = np.lexsort((-scored.score, kind == "ok"))
+    order = np.lexsort((-score, kind == "ok"))
     return conform_issues(table.take(pa.array(order))), scored

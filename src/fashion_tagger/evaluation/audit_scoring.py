@@ -11,6 +11,10 @@ Pure functions on arrays (no dataset dir, no files), so they are tested on their
 - `score_paths`: per level, cleanlab scores the given node under P(node | given parent) and
   estimates the level's noise rate (confident learning); a row's score is the posterior
   probability that its given path is wrong (`noise_posterior`);
+- `score_paths` also gives, per level, the posterior probability that the given node is wrong
+  when the nodes above it are right (`PathScores.level_posteriors`): the score for mix-ups
+  among siblings (Tshirts for Tops), which the whole path's score ranks below doubts that
+  cross branches;
 - `flat_scores`: the flat baseline, cleanlab on the leaf label alone.
 
 The joint over valid paths is `P(path) ∝ prod_l p_l(path_l)`: its argmax is the decoding every
@@ -364,6 +368,9 @@ class PathScores:
             wrong there: (`cleanlab.count.num_label_issues` on the conditional probabilities
             + 1) / (rows + 2).
         temperatures: per level, the calibration temperature (`calibrate`).
+        level_posteriors: (N, depth) per level, the posterior probability that the given node
+            is wrong given that the nodes above it are right (`_family_posterior`; nan below the
+            given path).
     """
 
     score: np.ndarray
@@ -373,6 +380,7 @@ class PathScores:
     is_issue: np.ndarray
     noise_rates: np.ndarray = field(default_factory=lambda: np.zeros(0))
     temperatures: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    level_posteriors: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
 
 
 def _cleanlab_level(
@@ -411,6 +419,17 @@ def _conditional(taxonomy: Taxonomy, marg: list[np.ndarray], given: np.ndarray, 
     parents = np.asarray(taxonomy.parents[lvl])
     m = m * (parents[None, :] == given[rows, lvl - 1][:, None])
     return rows, m / np.clip(m.sum(axis=1, keepdims=True), EPS, None)
+
+
+def _family_posterior(cond: np.ndarray, labels: np.ndarray, family: np.ndarray, rate: float):
+    """P(the given node is wrong | photo, its given parent right): Bayes' rule inside the family
+    (the given parent's children), with the level's noise rate spread evenly over the siblings.
+    A node without siblings cannot be mixed up with one: 0."""
+    rate = min(max(rate, 0.0), 0.9)
+    right = cond[np.arange(len(labels)), labels]
+    wrong = (1.0 - right) * rate / np.maximum(family - 1, 1)
+    post = wrong / np.clip(wrong + right * (1.0 - rate), 1e-300, None)
+    return np.where(family > 1, np.clip(post, 0.0, 1.0), 0.0)
 
 
 def _first_split(table: np.ndarray, given: np.ndarray) -> np.ndarray:
@@ -492,6 +511,7 @@ def score_paths(
     suggested = LeafTable.from_taxonomy(taxonomy).best_paths(level_probs)
     n = len(given)
     level_scores = np.full((n, taxonomy.depth), np.nan)
+    level_post = np.full((n, taxonomy.depth), np.nan)
     flagged = np.zeros(n, dtype=bool)
     rates = np.zeros(taxonomy.depth)
     for lvl in range(taxonomy.depth):
@@ -499,6 +519,12 @@ def score_paths(
         quality, issues, rates[lvl] = _cleanlab_level(given[rows, lvl], cond, threshold is None)
         level_scores[rows, lvl] = 1.0 - quality
         flagged[rows] |= issues
+        if lvl:
+            parents = np.asarray(taxonomy.parents[lvl])
+            family = np.bincount(parents, minlength=taxonomy.sizes[lvl - 1])[given[rows, lvl - 1]]
+        else:
+            family = np.full(len(rows), taxonomy.sizes[0])
+        level_post[rows, lvl] = _family_posterior(cond, given[rows, lvl], family, rates[lvl])
     score = noise_posterior(taxonomy, given, joint, rates)
     is_issue = flagged if threshold is None else score >= threshold
     differs = (given != suggested) & ((given >= 0) | (suggested >= 0))
@@ -506,7 +532,7 @@ def score_paths(
     worst = np.argmax(np.nan_to_num(level_scores, nan=-1.0), axis=1)
     level = np.where(first >= 0, first, np.where(is_issue, worst, -1))
     temps = np.array([c[1] for c in calibrated])
-    return PathScores(score, level, suggested, level_scores, is_issue, rates, temps)
+    return PathScores(score, level, suggested, level_scores, is_issue, rates, temps, level_post)
 
 
 def flat_scores(
