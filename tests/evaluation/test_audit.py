@@ -392,14 +392,20 @@ def test_score_paths_invariants(case, threshold) -> None:
         assert np.array_equal(s.is_issue, s.score >= threshold)
 
 
+def calibrated_by_hand(probs: list, temperatures: np.ndarray) -> list[np.ndarray]:
+    """Each level's probabilities softened by its temperature: softmax(log p / T)."""
+    out = []
+    for p, t in zip(probs, temperatures, strict=True):
+        z = np.log(np.clip(p, 1e-300, 1)) / t
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        out.append(e / e.sum(axis=1, keepdims=True))
+    return out
+
+
 def bayes_by_hand(tax: Taxonomy, given: np.ndarray, probs: list, s) -> np.ndarray:
     """The posterior that each given path is wrong, one leaf at a time (the docstring's formula)."""
     leaves = [tuple(p) for p in tax.leaf_index_paths()]
-    cal = []
-    for p, t in zip(probs, s.temperatures, strict=True):
-        z = np.log(np.clip(p, 1e-300, 1)) / t
-        e = np.exp(z - z.max(axis=1, keepdims=True))
-        cal.append(e / e.sum(axis=1, keepdims=True))
+    cal = calibrated_by_hand(probs, s.temperatures)
     eps = np.clip(s.noise_rates, 0, 0.5)
     eps = eps * 0.9 / eps.sum() if eps.sum() > 0.9 else eps
 
@@ -429,11 +435,7 @@ def family_posteriors_by_hand(tax: Taxonomy, given: np.ndarray, probs: list, s) 
     """Per row and level: P(the given node is wrong | its given parent right), one sibling at a
     time, from the calibrated joint over leaves and the level's noise rate spread evenly."""
     leaves = [tuple(p) for p in tax.leaf_index_paths()]
-    cal = []
-    for p, t in zip(probs, s.temperatures, strict=True):
-        z = np.log(np.clip(p, 1e-300, 1)) / t
-        e = np.exp(z - z.max(axis=1, keepdims=True))
-        cal.append(e / e.sum(axis=1, keepdims=True))
+    cal = calibrated_by_hand(probs, s.temperatures)
     out = np.full(given.shape, np.nan)
     for i in range(len(given)):
         path = [int(v) for v in given[i] if v >= 0]
