@@ -89,9 +89,7 @@ def _train_config(kind: str, workers: int | None, progress: bool) -> TrainConfig
         )
     return TrainConfig(
         data=data,
-        model=ModelConfig(
-            head="unified", hidden=512, weights=weights, freeze_backbone=bool(weights)
-        ),
+        model=ModelConfig(hidden=512, weights=weights, freeze_backbone=bool(weights)),
         epochs=FROZEN_EPOCHS if weights else 10,
         batch_size=128 if weights is None else 256,
         lr=3e-3 if weights is None else 2e-3,

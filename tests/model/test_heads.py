@@ -130,3 +130,14 @@ def test_unified_weights_with_the_old_unused_deepest_classifier_still_load() -> 
     }
     head.load_state_dict(old, strict=True)
     assert torch.equal(head.state_dict()["classifiers.0.weight"], state["classifiers.0.weight"])
+
+
+def test_default_head_and_old_model_json() -> None:
+    """`train` defaults to the measured best head (multi); a model.json written before `kind`
+    was recorded still reads as the unified head those versions trained."""
+    from fashion_tagger.model.spec import DEFAULT_HEAD
+    from fashion_tagger.training.config import ModelConfig
+
+    assert ModelConfig().head == DEFAULT_HEAD == "multi"
+    assert HeadSpec.from_json({}).kind == "unified"
+    assert HeadSpec.from_json({"kind": "multi"}).kind == "multi"
