@@ -332,3 +332,18 @@ def test_a_best_checkpoint_that_does_not_load_is_an_error(tmp_path: Path) -> Non
     with pytest.raises(RunDirError, match="best checkpoint"):
         _load_best(torch.nn.Linear(2, 2), str(bad))
     _load_best(torch.nn.Linear(2, 2), "")  # no validation ran: nothing to load, no error
+
+
+def test_lightning_chatter_stays_off_the_terminal(small: Path, tmp_path: Path, capfd) -> None:
+    """Lightning's tips, accelerator lines, batch counting and end-of-fit line, and the
+    warnings raised inside it, never reach the user's terminal; train's own report does."""
+    import logging
+
+    train(small, tmp_path / "run", quick())
+    out, err = capfd.readouterr()
+    for noise in ("Tip:", "litlogger", "GPU available", "TPU available", "LeafSpec",
+                  "Loading `train_dataloader`", "`Trainer.fit` stopped"):  # fmt: skip
+        assert noise not in out + err, noise
+    log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    shown = logging.LogRecord(log.name, logging.WARNING, "", 0, "a real problem", None, None)
+    assert all(f.filter(shown) for f in log.filters)  # other messages still pass

@@ -181,10 +181,22 @@ def launch_rank() -> int:
 
 
 class _NoTips(logging.Filter):
-    """Drops Lightning's advertisements ("Tip: ... litlogger"), which are not about the run."""
+    """Drops Lightning's advertisements ("Tip: ... litlogger") and its set-up chatter (which
+    accelerators exist, how it counts the batches, that the planned epochs ran): none is about
+    the run, and `train` reports the run itself."""
+
+    CHATTER = (
+        "Tip:",
+        "GPU available:",
+        "TPU available:",
+        "HPU available:",
+        "Loading `train_dataloader` to estimate",
+        "`Trainer.fit` stopped: `max_epochs=",
+    )
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "Tip:" not in record.getMessage()
+        message = record.getMessage()
+        return not any(part in message for part in self.CHATTER)
 
 
 def _quiet_lightning() -> None:
