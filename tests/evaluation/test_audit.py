@@ -277,6 +277,7 @@ def test_level_mode_scores_and_flags_one_level(tmp_path: Path) -> None:
     assert np.all((scores >= 0) & (scores <= 1))
     for r in ordered:
         assert (r["kind"] == "label") == (r["score"] >= 0.5)
+        assert r["kind"] != "label" or r["level"] is not None
     assert auroc(scores, swapped) > 0.95
     flags = np.array([r["kind"] == "label" for r in ordered])
     assert swapped[flags].mean() >= 0.9 and flags[swapped].mean() >= 0.4  # 0.5: cautious

@@ -240,7 +240,7 @@ def test_cli_train_json_and_existing_run_error(small: Path, tmp_path: Path) -> N
         (lambda: TrainConfig(lr="fast"), "--lr"),
         (lambda: TrainConfig(schedule="linear"), "--schedule"),
         (lambda: ModelConfig(head="tree"), "--head"),
-        (lambda: ModelConfig(messages="both"), "--messages"),
+        (lambda: ModelConfig(head="unified", messages="both"), "--messages"),  # its option
         (lambda: ModelConfig(weights="/no/such/file"), "--weights"),
         (lambda: ModelConfig(pretrained=True, weights=__file__), "--pretrained"),
         (lambda: DataConfig(image_size=(2, 2)), "--image-size"),

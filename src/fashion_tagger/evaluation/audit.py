@@ -323,7 +323,10 @@ def audit_rows(
             "suggested": suggested,
             "score": score.astype(float),
             "kind": kind.tolist(),
-            "level": [level_names[lv] if lv >= 0 else None for lv in scored.level],
+            "level": [  # where given and suggested part; for a --level flag, at least that level
+                level_names[lv] if lv >= 0 else (cfg.level if f and level is not None else None)
+                for lv, f in zip(scored.level, flagged, strict=True)
+            ],
             "is_issue": (kind != "ok").tolist(),
             "level_scores": level_scores,
             "outlier_score": outlier_score.astype(float),
