@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
 from fashion_tagger.cli._app import PROGRESS, app, console, dataset_app, print_json
+
+if TYPE_CHECKING:
+    from fashion_tagger.evaluation.audit import AuditResult
 
 DIR = typer.Argument(..., help="A dataset dir (written by import or crawl).")
 JSON = typer.Option(False, "--json", help="Print one JSON object.")
@@ -86,7 +90,13 @@ def audit_cmd(
     page = write_review_page(directory) if review else None
     if as_json:
         print_json(result.to_dict() | {"review": str(page) if page else None})
-        return
+    else:
+        _print_audit(result, page, directory, top)
+
+
+def _print_audit(result: AuditResult, page: Path | None, directory: Path, top: int) -> None:
+    """The audit's summary for a person: where the issues went, then tables by kind, by level
+    and the `top` highest-scored issues."""
     console.print(
         f"[bold]{result.issues:,}[/] of {result.rows:,} rows flagged; written to {result.path}"
     )
@@ -103,8 +113,8 @@ def audit_cmd(
         counts.add_row(kind, f"{n:,}")
     console.print(counts)
     levels = Table("level", "rows", title="issues by first level of disagreement")
-    for level, n in result.by_level.items():
-        levels.add_row(level, f"{n:,}")
+    for name, n in result.by_level.items():
+        levels.add_row(name, f"{n:,}")
     console.print(levels)
     table = Table("score", "kind", "item", "given", "suggested", title=f"top {top} issues")
     for row in result.top[:top]:

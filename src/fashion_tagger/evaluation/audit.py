@@ -324,7 +324,7 @@ def audit_rows(
             "score": score.astype(float),
             "kind": kind.tolist(),
             "level": [  # where given and suggested part; for a --level flag, at least that level
-                level_names[lv] if lv >= 0 else (cfg.level if f and level is not None else None)
+                level_names[lv] if lv >= 0 else (cfg.level if f else None)
                 for lv, f in zip(scored.level, flagged, strict=True)
             ],
             "is_issue": (kind != "ok").tolist(),
