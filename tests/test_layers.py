@@ -19,15 +19,15 @@ PACKAGE = "fashion_tagger"
 
 #: Bottom first. A module may import its own layer and any layer below, never one above.
 #: Names on one row are siblings: they may not import each other unless `ALLOWED_SIDEWAYS` says
-#: so (training and inference never do; evaluation and serving stand apart too). The ground
+#: so (training and inference never do; evaluation, curation and serving stand apart too). The ground
 #: floor and the entry points are rows of helpers that may use each other freely.
 LAYERS: list[set[str]] = [
-    {"errors", "_io", "_cpu", "_progress", "_version", "taxonomy", "storage"},
+    {"errors", "_io", "_net", "_cpu", "_progress", "_version", "taxonomy", "storage"},
     {"dataset"},
     {"sources", "testing"},
     {"model"},
     {"training", "inference"},
-    {"evaluation", "serving"},
+    {"evaluation", "curation", "serving"},
     {"quickstart"},
     {"cli", "__main__", "__init__"},
 ]
