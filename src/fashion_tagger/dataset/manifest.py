@@ -198,15 +198,80 @@ def _source(obj: Mapping[str, Any]) -> SourceRef:
                      str(obj.get("imported_at", "")))  # fmt: skip
 
 
-def conform(table: pa.Table) -> pa.Table:
-    """Cast a table to the manifest schema (column order, types), or say what is wrong."""
+#: The only image path a row may name: its own file in the content-addressed store. Paths come
+#: from a file anyone can edit, so `../x`, `/etc/passwd` or another row's file are refused here,
+#: where every reader and writer of the manifest passes, rather than by each consumer.
+_STORE_PATH = r"^images/[0-9a-f]{2}/[0-9a-f]{64}\.[a-z0-9]{1,5}$"
+
+
+def _first_bad(mask: pa.ChunkedArray | pa.Array) -> int | None:
+    """The index of the first False (or null) in a boolean mask, or None when all are true."""
+    import pyarrow.compute as pc
+
+    bad = pc.invert(pc.fill_null(mask, False))
+    if not pc.any(bad).as_py():
+        return None
+    return int(pc.index(bad, True).as_py())
+
+
+def _check_nulls(table: pa.Table, where: str) -> None:
+    import pyarrow.compute as pc
+
+    for name in COLUMNS:
+        if table.column(name).null_count:
+            i = _first_bad(pc.is_valid(table.column(name)))
+            raise DatasetError(f"{where} row {i}: {name} is null; every row needs a {name}")
+
+
+def _check_rows(table: pa.Table, where: str) -> None:
+    """Refuse rows no stage can trust: a null where a value is needed, an image path outside
+    the row's own store file, a split name that is not one, `meta` that is not a JSON object."""
+    import pyarrow.compute as pc
+
+    image, sha = table.column("image"), table.column("sha256")
+    ok = pc.and_(
+        pc.match_substring_regex(image, _STORE_PATH),
+        pc.equal(pc.utf8_slice_codeunits(image, 10, 74), sha),
+    )
+    ok = pc.and_(
+        ok, pc.equal(pc.utf8_slice_codeunits(image, 7, 9), pc.utf8_slice_codeunits(sha, 0, 2))
+    )
+    if (i := _first_bad(ok)) is not None:
+        raise DatasetError(
+            f"{where} row {i}: image {image[i].as_py()!r} is not that row's file in the store "
+            f"(expected images/<first two hex>/<sha256>.<ext> with the row's sha256); refusing "
+            "to read a path the manifest names outside the dataset dir's own store"
+        )
+    split = table.column("split")
+    if (i := _first_bad(pc.is_in(split, value_set=pa.array(["", *SPLITS])))) is not None:
+        raise DatasetError(
+            f"{where} row {i}: split {split[i].as_py()!r} is not one of '', {', '.join(SPLITS)}"
+        )
+    for i, text in enumerate(table.column("meta").to_pylist()):
+        if not text:
+            continue
+        try:
+            obj = json.loads(text)
+        except ValueError:
+            obj = None
+        if not isinstance(obj, dict):
+            raise DatasetError(f"{where} row {i}: meta is not a JSON object: {text[:60]!r}")
+
+
+def conform(table: pa.Table, where: str = "items table") -> pa.Table:
+    """Cast a table to the manifest schema (column order, types) and check its rows, or say
+    what is wrong (`where` names the file in the message)."""
     missing = [c for c in COLUMNS if c not in table.column_names]
     if missing:
-        raise DatasetError(f"items table lacks columns {missing}")
+        raise DatasetError(f"{where} lacks columns {missing}")
+    table = table.select(list(COLUMNS))
+    _check_nulls(table, where)
     try:
-        return table.select(list(COLUMNS)).cast(SCHEMA)
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise DatasetError(f"items table does not fit the manifest schema: {exc}") from exc
+        out = table.cast(SCHEMA)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, ValueError) as exc:
+        raise DatasetError(f"{where} does not fit the manifest schema: {exc}") from exc
+    _check_rows(out, where)
+    return out
 
 
 def write_items(root: Path, table: pa.Table) -> None:
@@ -220,9 +285,10 @@ def read_items(root: Path) -> pa.Table:
     if not path.is_file():
         raise DatasetError(f"{root} is not a dataset dir: {ITEMS_FILE} is missing")
     try:
-        return conform(pq.read_table(path))
+        table = pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as exc:
         raise DatasetError(f"{path} is unreadable: {exc}") from exc
+    return conform(table, str(path))
 
 
 def read_info(root: Path) -> DatasetInfo:
@@ -244,7 +310,45 @@ def parse_info(data: bytes, where: str) -> DatasetInfo:
             f"{where} has format version {version!r}; this fashion-tagger reads version "
             f"{FORMAT_VERSION}. Re-import the data or upgrade fashion-tagger."
         )
+    _check_info(obj, where)
     return DatasetInfo.from_json(obj)
+
+
+def _is_str_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+#: dataset.json's fields: what each must be, as a check and the words of the error.
+_INFO_FIELDS: dict[str, tuple[Any, str]] = {
+    "name": (lambda v: isinstance(v, str), "a string"),
+    "levels": (_is_str_list, "a list of level names (strings)"),
+    "attribute_groups": (_is_str_list, "a list of attribute group names (strings)"),
+    "counts": (lambda v: isinstance(v, dict), "an object of counts"),
+    "created": (lambda v: isinstance(v, str), "a timestamp string"),
+    "updated": (lambda v: isinstance(v, str), "a timestamp string"),
+    "sources": (
+        lambda v: (
+            isinstance(v, list)
+            and all(isinstance(s, dict) and all(isinstance(x, str) for x in s.values()) for s in v)
+        ),
+        "a list of objects with kind, source and imported_at strings",
+    ),
+    "import": (lambda v: isinstance(v, dict), "an object"),
+    "crawl": (lambda v: isinstance(v, dict), "an object"),
+    "derived_from": (lambda v: isinstance(v, str | dict), "a string or an object"),
+    "history": (
+        lambda v: isinstance(v, list) and all(isinstance(h, dict) for h in v),
+        "a list of objects",
+    ),
+}
+
+
+def _check_info(obj: dict[str, Any], where: str) -> None:
+    """Refuse a dataset.json whose fields have the wrong shape, naming the field and what it
+    should be: every stage reads these, and a wrong type would fail far from its cause."""
+    for key, (ok, expected) in _INFO_FIELDS.items():
+        if obj.get(key) is not None and not ok(obj[key]):
+            raise DatasetError(f"{where}: {key!r} must be {expected}, not {obj[key]!r:.60}")
 
 
 def write_info(root: Path, info: DatasetInfo) -> None:
@@ -270,9 +374,10 @@ def read_remote(remote: Remote) -> tuple[pa.Table, DatasetInfo]:
     if items is None:
         raise DatasetError(f"{remote.url} is not a dataset dir: {ITEMS_FILE} is missing")
     try:
-        return conform(pq.read_table(io.BytesIO(items))), info
+        table = pq.read_table(io.BytesIO(items))
     except (pa.ArrowInvalid, OSError) as exc:
         raise DatasetError(f"{remote.url}/{ITEMS_FILE} is unreadable: {exc}") from exc
+    return conform(table, f"{remote.url}/{ITEMS_FILE}"), info
 
 
 def write_remote(remote: Remote, table: pa.Table, info: DatasetInfo) -> None:

@@ -1,0 +1,216 @@
+"""A dataset dir is untrusted input: hostile paths in items.parquet and damaged fields in either
+file end in one `DatasetError` naming the file, never in a read outside the dataset dir or a
+traceback from deep inside a stage."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fashion_tagger.dataset import manifest
+from fashion_tagger.dataset.core import Dataset
+from fashion_tagger.errors import DatasetError
+
+from .test_core import _make
+
+HOSTILE_PATHS = [
+    "../../../x.txt",
+    "/etc/passwd",
+    "images/../../outside.png",
+    "images/ab/../../../../etc/passwd",
+    "images/00/" + "0" * 64 + ".png",  # a well-formed store path, but another row's file
+    "images//" + "a" * 64 + ".png",
+    "IMAGES/aa/" + "a" * 64 + ".png",
+    "",
+    "images/aa/" + "a" * 64 + ".png/../../../x",
+]
+
+SETTINGS = settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tpl") / "ds"
+    root.mkdir()
+    _make(root)
+    return root
+
+
+def _copy(template: Path, tmp: Path) -> Path:
+    out = tmp / "ds"
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(template, out)
+    return out
+
+
+def _set_image(root: Path, row: int, value: str) -> None:
+    table = pq.read_table(root / manifest.ITEMS_FILE)
+    images = table.column("image").to_pylist()
+    images[row] = value
+    table = table.set_column(table.schema.get_field_index("image"), "image", pa.array(images))
+    pq.write_table(table, root / manifest.ITEMS_FILE)
+
+
+@pytest.mark.parametrize("path", HOSTILE_PATHS)
+def test_a_path_outside_the_store_is_refused_naming_the_row(template, tmp_path, path):
+    root = _copy(template, tmp_path)
+    _set_image(root, 2, path)
+    with pytest.raises(DatasetError, match=r"items\.parquet row 2: image"):
+        Dataset.open(root)
+
+
+@SETTINGS
+@given(
+    prefix=st.sampled_from(["", "images/", "images/aa/", "/", "../", "./"]),
+    middle=st.text(alphabet="abcdef0123456789./\\_-~%", max_size=80),
+    ext=st.sampled_from(["png", "jpg", "", "txt/../..", "PNG"]),
+)
+def test_any_image_path_opens_only_as_the_rows_own_store_file(
+    template, tmp_path, prefix, middle, ext
+):
+    root = _copy(template, tmp_path)
+    sha = pq.read_table(root / manifest.ITEMS_FILE).column("sha256")[1].as_py()
+    path = prefix + middle + (f".{ext}" if ext else "")
+    _set_image(root, 1, path)
+    try:
+        ds = Dataset.open(root)
+    except DatasetError as exc:
+        assert "row 1: image" in str(exc)
+        return
+    # it opened: then row 1 names exactly its own file in the store, inside the dataset dir
+    resolved = ds.image_path(1).resolve()
+    assert resolved.is_relative_to((root / "images").resolve())
+    assert resolved.name.startswith(sha + ".")
+    assert resolved.parent.name == sha[:2]
+
+
+def test_export_never_copies_a_file_from_outside(template, tmp_path):
+    root = _copy(template, tmp_path)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not yours")
+    _set_image(root, 0, str(secret))
+    out = tmp_path / "e"
+    cmd = ["dataset", "export", str(root), "--format", "folders", "--out", str(out)]
+    res = subprocess.run(
+        [sys.executable, "-m", "fashion_tagger", *cmd], capture_output=True, text=True, timeout=300
+    )
+    assert res.returncode != 0
+    assert "row 0: image" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    copied = [p for p in out.rglob("*") if p.is_file()] if out.exists() else []
+    assert not any(p.read_bytes() == b"not yours" for p in copied)
+
+
+INFO_MUTATIONS = {
+    "levels": [5, "x", [1, 2], {"a": 1}],
+    "attribute_groups": [3, [None]],
+    "counts": ["x", 1, [1]],
+    "sources": [[1], "x", [{"kind": 1}]],
+    "history": ["x", [1]],
+    "name": [1, ["x"]],
+}
+
+
+@pytest.mark.parametrize(("key", "value"), [(k, v) for k, vs in INFO_MUTATIONS.items() for v in vs])
+def test_a_damaged_dataset_json_names_the_field(template, tmp_path, key, value):
+    root = _copy(template, tmp_path)
+    info = json.loads((root / manifest.INFO_FILE).read_text())
+    info[key] = value
+    (root / manifest.INFO_FILE).write_text(json.dumps(info))
+    with pytest.raises(DatasetError, match=rf"dataset\.json: '{key}' must be"):
+        Dataset.open(root)
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+
+
+@SETTINGS
+@given(key=st.sampled_from(sorted(manifest.INFO_KEYS - {"format_version"})), value=JSON_VALUES)
+def test_any_mutation_of_dataset_json_opens_or_is_one_dataset_error(template, tmp_path, key, value):
+    root = _copy(template, tmp_path)
+    info = json.loads((root / manifest.INFO_FILE).read_text())
+    info[key] = value
+    (root / manifest.INFO_FILE).write_text(json.dumps(info))
+    try:
+        ds = Dataset.open(root)
+    except DatasetError as exc:
+        assert "dataset.json" in str(exc)
+        return
+    # opened: the views every stage reads work
+    assert len(ds) == 4
+    assert ds.taxonomy is not None
+    ds.split_counts()
+
+
+ITEM_COLUMNS = ["split", "meta", "item_id", "sha256", "labels", "width"]
+
+
+@SETTINGS
+@given(
+    column=st.sampled_from(ITEM_COLUMNS),
+    row=st.integers(0, 3),
+    value=st.none() | st.text(max_size=12) | st.integers(-5, 5) | st.just("[1, 2]") | st.just("{}"),
+)
+def test_any_mutation_of_items_parquet_opens_or_is_one_dataset_error(
+    template, tmp_path, column, row, value
+):
+    root = _copy(template, tmp_path)
+    table = pq.read_table(root / manifest.ITEMS_FILE)
+    values = table.column(column).to_pylist()
+    values[row] = value
+    try:
+        new = pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        new = pa.array([None if v is None else str(v) for v in values])
+    table = table.set_column(table.schema.get_field_index(column), column, new)
+    pq.write_table(table, root / manifest.ITEMS_FILE)
+    try:
+        ds = Dataset.open(root)
+    except DatasetError as exc:
+        assert "items.parquet" in str(exc)
+        return
+    assert len(ds) == 4
+    assert set(ds.split_counts()) <= {"", "train", "val", "test"}
+    for i in range(len(ds)):
+        assert isinstance(ds.meta(i), dict)
+
+
+def test_a_null_split_names_the_row(template, tmp_path):
+    root = _copy(template, tmp_path)
+    table = pq.read_table(root / manifest.ITEMS_FILE)
+    splits = table.column("split").to_pylist()
+    splits[3] = None
+    table = table.set_column(table.schema.get_field_index("split"), "split", pa.array(splits))
+    pq.write_table(table, root / manifest.ITEMS_FILE)
+    with pytest.raises(DatasetError, match=r"row 3: split is null"):
+        Dataset.open(root)
+
+
+def test_meta_that_is_not_an_object_names_the_row(template, tmp_path):
+    root = _copy(template, tmp_path)
+    table = pq.read_table(root / manifest.ITEMS_FILE)
+    metas = table.column("meta").to_pylist()
+    metas[1] = "[1, 2]"
+    table = table.set_column(table.schema.get_field_index("meta"), "meta", pa.array(metas))
+    pq.write_table(table, root / manifest.ITEMS_FILE)
+    with pytest.raises(DatasetError, match=r"row 1: meta is not a JSON object"):
+        Dataset.open(root)
