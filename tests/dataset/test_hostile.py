@@ -214,3 +214,52 @@ def test_meta_that_is_not_an_object_names_the_row(template, tmp_path):
     pq.write_table(table, root / manifest.ITEMS_FILE)
     with pytest.raises(DatasetError, match=r"row 1: meta is not a JSON object"):
         Dataset.open(root)
+
+
+# -- two writers on one dataset dir ----------------------------------------------------------
+def test_a_writer_that_read_an_older_revision_is_refused(template, tmp_path):
+    root = _copy(template, tmp_path)
+    first, second = Dataset.open(root), Dataset.open(root)
+    first.with_history("a", {}, {}).save()
+    with pytest.raises(DatasetError, match=r"changed by another command \('a'.*re-run"):
+        second.with_history("b", {}, {}).save()
+    assert [h["op"] for h in Dataset.open(root).info.history][-1] == "a"
+    # a view that saved keeps writing: its own save is the revision it knows
+    again = Dataset.open(root).with_history("c", {}, {}).save()
+    again.with_history("d", {}, {}).save()
+    assert [h["op"] for h in Dataset.open(root).info.history][-2:] == ["c", "d"]
+
+
+def _writer(root: str, name: str, barrier, results) -> None:
+    ds = Dataset.open(root)
+    barrier.wait()
+    try:
+        ds.with_history(name, {}, {}).save()
+        results.put((name, "ok"))
+    except DatasetError as exc:
+        results.put((name, str(exc)))
+
+
+@pytest.mark.parametrize("round_", range(4))
+def test_writers_racing_never_both_succeed_with_a_change_lost(template, tmp_path, round_):
+    import multiprocessing as mp
+
+    root = _copy(template, tmp_path)
+    ctx = mp.get_context("fork")
+    n = 3
+    barrier, results = ctx.Barrier(n), ctx.Queue()
+    procs = [
+        ctx.Process(target=_writer, args=(str(root), f"w{i}", barrier, results)) for i in range(n)
+    ]
+    for p in procs:
+        p.start()
+    outcomes = dict(results.get(timeout=300) for _ in procs)
+    for p in procs:
+        p.join(timeout=300)
+    saved = {name for name, what in outcomes.items() if what == "ok"}
+    refused = {name for name, what in outcomes.items() if "changed by another command" in what}
+    assert saved | refused == set(outcomes)
+    ops = {h["op"] for h in Dataset.open(root).info.history}
+    # every writer that said it saved has its change on disk: none was silently overwritten
+    assert saved <= ops
+    assert len(saved) == 1  # they all read one revision: only the first save can stand on it

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import uuid
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
@@ -23,6 +25,26 @@ from fashion_tagger.taxonomy import Taxonomy
 
 if TYPE_CHECKING:
     import pandas as pd
+
+
+WRITER_LOCK = ".writer.lock"
+
+
+@contextlib.contextmanager
+def _writer_lock(root: Path) -> Iterator[None]:
+    """One writer of a dataset dir's manifest at a time (an exclusive `flock`, held for the few
+    milliseconds of a save; a second writer waits for it, then checks what it read is current)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: saves are not guarded against each other
+        yield
+        return
+    with open(root / WRITER_LOCK, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 @dataclass(frozen=True)
@@ -49,6 +71,9 @@ class Dataset:
     info: DatasetInfo
     location: str = ""
     """Where the dataset lives when that is not `root`: the URL of a remote dataset dir."""
+    read_from: tuple[Path, str] | None = None
+    """(root, revision) of the dataset.json this view was opened from; `save()` to that root
+    refuses when another writer has saved there since. None for a dataset not read from disk."""
 
     @classmethod
     def open(cls, location: str | Path) -> Dataset:
@@ -60,7 +85,8 @@ class Dataset:
         root = Path(location)
         if not root.is_dir():
             raise DatasetError(f"dataset dir {root} does not exist")
-        return cls(root, manifest.read_items(root), manifest.read_info(root))
+        info = manifest.read_info(root)
+        return cls(root, manifest.read_items(root), info, read_from=(root, info.revision))
 
     @classmethod
     def create(
@@ -100,11 +126,31 @@ class Dataset:
         )
         if self.is_remote:
             manifest.write_remote(storage.Remote.open(self.location), self.table, info)
-        else:
-            self.root.mkdir(parents=True, exist_ok=True)
+            return replace(self, info=info)
+        self.root.mkdir(parents=True, exist_ok=True)
+        info = replace(info, revision=uuid.uuid4().hex)
+        with _writer_lock(self.root):
+            self._check_unchanged()
             manifest.write_items(self.root, self.table)
             manifest.write_info(self.root, info)
-        return replace(self, info=info)
+        return replace(self, info=info, read_from=(self.root, info.revision))
+
+    def _check_unchanged(self) -> None:
+        """Refuse to save over a manifest another command saved after this view read it: one of
+        the two changes would be lost without a word (the caller holds the writer lock)."""
+        if self.read_from is None or self.read_from[0] != self.root:
+            return
+        try:
+            on_disk = manifest.read_info(self.root)
+        except DatasetError:
+            return  # gone or damaged: nothing on disk to lose by writing a whole manifest
+        if on_disk.revision != self.read_from[1]:
+            last = on_disk.history[-1].get("op", "?") if on_disk.history else "?"
+            raise DatasetError(
+                f"dataset {self.root} was changed by another command ({last!r}, saved at "
+                f"{on_disk.updated}) after this one read it; nothing was written: re-run "
+                "this command to apply it to the current dataset"
+            )
 
     def with_table(self, table: pa.Table, **info: Any) -> Dataset:
         """The same dataset with other rows (and optionally other info fields); not yet saved."""
@@ -226,8 +272,8 @@ class Dataset:
             todo = sorted(set(rels) - remote.listing(store.IMAGES_DIR))
             with _progress.bar("uploading images", total=len(todo), enabled=progress) as bar:
                 remote.upload(todo, src, on_done=bar.advance)
-            return replace(self, root=storage.mirror_dir(url), location=url)
+            return replace(self, root=storage.mirror_dir(url), location=url, read_from=None)
         out = Path(location)
         for rel in rels:
             store.link_or_copy(src / rel, out / rel)
-        return replace(self, root=out, location="")
+        return replace(self, root=out, location="", read_from=None)

@@ -145,6 +145,9 @@ class DatasetInfo:
     derived_from: str | None = None
     """The dataset dir this one was filtered from."""
     history: tuple[Mapping[str, Any], ...] = ()
+    revision: str = ""
+    """A token new at every save: a writer that read another revision than the one on disk
+    lost the race to a second writer, and `Dataset.save` refuses rather than drop its change."""
     """One entry per operation (split, filter, dedup...): op, at, args, result."""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -166,6 +169,8 @@ class DatasetInfo:
             if value is not None:
                 out[key] = dict(value) if isinstance(value, Mapping) else value
         out["history"] = [dict(h) for h in self.history]
+        if self.revision:
+            out["revision"] = self.revision
         return out
 
     @classmethod
@@ -183,6 +188,7 @@ class DatasetInfo:
             crawl=obj.get("crawl"),
             derived_from=obj.get("derived_from"),
             history=tuple(obj.get("history") or ()),
+            revision=str(obj.get("revision") or ""),
             extra={k: v for k, v in obj.items() if k not in INFO_KEYS},
         )
 
@@ -340,6 +346,7 @@ _INFO_FIELDS: dict[str, tuple[Any, str]] = {
         lambda v: isinstance(v, list) and all(isinstance(h, dict) for h in v),
         "a list of objects",
     ),
+    "revision": (lambda v: isinstance(v, str), "a string"),
 }
 
 
