@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,3 +86,75 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+#: Files a run dir or a dataset dir owns (by the file that marks the dir): no command's output
+#: may replace them, since the dir would no longer load or would silently change meaning.
+OWNED_FILES: dict[str, frozenset[str]] = {
+    "model.json": frozenset(
+        {"model.json", "model.safetensors", "metrics.json", "checkpoints", "logs"}
+    ),
+    "dataset.json": frozenset(
+        {"dataset.json", "items.parquet", "images", "crawl.db", "issues.parquet"}
+    ),
+}
+
+
+def check_output(out: str | os.PathLike[str], inputs: Iterable[Any] = ()) -> None:
+    """Refuse an output path that is one of the command's own inputs, or a file that a run dir
+    or dataset dir owns (`OWNED_FILES`), before anything is written.
+
+    Raises:
+        OSError subclass? No: `FashionTaggerError`, one line naming the path and why.
+    """
+    from fashion_tagger.errors import FashionTaggerError
+
+    target = Path(os.path.abspath(out))
+    real = Path(os.path.realpath(target))
+    for item in inputs:
+        p = Path(str(item))
+        if p.exists() and (os.path.realpath(p) == str(real) or _same_file(p, target)):
+            raise FashionTaggerError(
+                f"--out {out} is one of this command's inputs; choose another path"
+            )
+    for path in {target, real}:
+        for parent in path.parents:
+            for marker, owned in OWNED_FILES.items():
+                if (parent / marker).is_file():
+                    first = path.relative_to(parent).parts[0]
+                    if first in owned:
+                        kind = "run dir" if marker == "model.json" else "dataset dir"
+                        raise FashionTaggerError(
+                            f"--out {out} would overwrite {first} of the {kind} {parent}; "
+                            "choose a path outside what that dir owns"
+                        )
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+class NotARegularFile(OSError):
+    """A path that names a FIFO, a device, a socket or a folder: reading one could block forever
+    (a FIFO waits for a writer) or read without end, so only regular files are opened."""
+
+
+def read_regular(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of a regular file; anything else raises `NotARegularFile` without opening it."""
+    import stat
+
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        kind = (
+            "a folder"
+            if stat.S_ISDIR(mode)
+            else "a FIFO"
+            if stat.S_ISFIFO(mode)
+            else "not a regular file"
+        )
+        raise NotARegularFile(f"{os.fspath(path)} is {kind}; only regular files are read")
+    with open(path, "rb") as f:
+        return f.read()

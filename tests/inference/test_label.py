@@ -215,7 +215,7 @@ def test_user_errors_say_how_to_fix_them(run_dir, tmp_path):
         pa.Table.from_pylist(
             [
                 {
-                    "image": "x.png",
+                    "image": "images/00/" + "0" * 64 + ".png",
                     "sha256": "0" * 64,
                     "item_id": "x",
                     "labels": ["p", "q"],

@@ -294,3 +294,19 @@ def test_cli_export_int8_json_and_the_service_says_so(tmp_path, trained):
     served = TaggerPredictor.load(run_dir)  # auto: the int8 model.onnx
     assert served.backend_name == "onnx" and served.info()["quantization"] == "int8"
     assert TaggerPredictor.load(run_dir, "torch").info()["quantization"] is None
+
+
+def test_export_onto_the_weights_is_refused_and_the_run_still_loads(tmp_path) -> None:
+    from run_fixtures import shared_tiny_run
+
+    from fashion_tagger.errors import FashionTaggerError
+    from fashion_tagger.model.rundir import RunDir
+
+    src, _ = shared_tiny_run()
+    run_dir = tmp_path / "run"
+    shutil.copytree(src, run_dir)
+    weights = (run_dir / "model.safetensors").read_bytes()
+    with pytest.raises(FashionTaggerError, match=r"would overwrite model\.safetensors"):
+        export_onnx(run_dir, run_dir / "model.safetensors")
+    assert (run_dir / "model.safetensors").read_bytes() == weights
+    RunDir.open(run_dir)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 from typer.testing import CliRunner
@@ -46,3 +47,17 @@ def test_cli_imports_a_slice_of_the_real_dataset(tmp_path, datasets_dir):
     assert len(ds) == 12 and ds.split_counts() == {"train": 6, "val": 6}
     assert ds.level_names == ("level0",)
     assert min(ds.table.column("width").to_pylist() + ds.table.column("height").to_pylist()) > 100
+
+
+def test_a_fifo_named_like_an_image_is_skipped_not_read(tmp_path) -> None:
+    import os
+
+    from PIL import Image
+
+    src = tmp_path / "src" / "Tops"
+    src.mkdir(parents=True)
+    Image.new("RGB", (8, 8), (200, 0, 0)).save(src / "a.png")
+    os.mkfifo(src / "pipe.jpg")
+    result = import_folders(tmp_path / "src", tmp_path / "out")
+    assert len(result.dataset) == 1
+    assert "FIFO" in json.dumps(result.report)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from fashion_tagger._io import read_regular
 from fashion_tagger.errors import FashionTaggerError
 
 MAX_PIXELS = 64_000_000
@@ -79,6 +80,8 @@ def _open(data: bytes) -> Image.Image:
             img = Image.open(io.BytesIO(data))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError("decompression_bomb", str(exc)) from exc
+    except Image.UnidentifiedImageError as exc:  # its text names the BytesIO, not the file
+        raise ImageError("not_an_image", "no image format recognised in its bytes") from exc
     except Exception as exc:  # PIL raises many types for non-images
         raise ImageError("not_an_image", str(exc) or type(exc).__name__) from exc
     if img.format not in FORMATS:
@@ -142,7 +145,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 def decode(source: bytes | str | Path, size: int | None = None) -> Image.Image:
     """Decode to an upright RGB image; with `size`, JPEGs decode at no less than `size` per side."""
-    data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    data = source if isinstance(source, bytes) else read_regular(source)
     img = _open(data)
     try:
         if size and img.format in ("JPEG", "MPO"):

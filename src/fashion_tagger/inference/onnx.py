@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fashion_tagger._cpu import usable_cores
-from fashion_tagger._io import atomic_path
+from fashion_tagger._io import atomic_path, check_output
 from fashion_tagger.errors import FashionTaggerError, RunDirError, require
 from fashion_tagger.model.decode import LeafTable
 from fashion_tagger.model.rundir import RunPaths
@@ -362,8 +362,9 @@ def export_onnx(
     from fashion_tagger.model.rundir import RunDir
 
     run = RunDir.open(run_dir)
-    module, spec = load_model(run)
     out = Path(out) if out is not None else run.onnx
+    check_output(out, [images] if images is not None else [])
+    module, spec = load_model(run)
     if opset < 11:
         raise FashionTaggerError(
             f"--opset {opset} is too old; use 11 or newer (default {DEFAULT_OPSET})"

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from fashion_tagger import _progress, storage
-from fashion_tagger._io import atomic_path
+from fashion_tagger._io import atomic_path, check_output
 from fashion_tagger.dataset.images import EXTENSIONS
 from fashion_tagger.errors import FashionTaggerError
 from fashion_tagger.inference.tagger import Prediction, Tagger
@@ -173,8 +173,11 @@ def predict_paths(
     files = expand_inputs(inputs)
     if not files:
         raise FashionTaggerError(f"no images found in {', '.join(map(str, inputs))}")
+    if out is not None:
+        check_output(out, [*inputs, *files])
     tagger = Tagger.load(run_dir, backend=backend)
     n = errors = 0
+    first_error = ""
     with ExitStack() as stack:
         if out is None:
             target: IO[str] | Path = stdout or sys.stdout
@@ -191,7 +194,15 @@ def predict_paths(
             writer.write(preds)
             n += len(preds)
             errors += sum(p.error is not None for p in preds)
+            first_error = first_error or next(
+                (f"{p.path}: {p.error}" for p in preds if p.error), ""
+            )
             bar.advance(len(preds))
+        if n and errors == n:  # raised inside the stack: a file --out is never written
+            raise FashionTaggerError(
+                f"none of the {n} inputs could be tagged (first: {first_error})"
+                + (f"; nothing was written to {out}" if out is not None else "")
+            )
         writer.close()
         if isinstance(target, io.TextIOBase) and out is not None:
             target.flush()

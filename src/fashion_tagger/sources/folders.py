@@ -8,10 +8,12 @@ Nested folders are category levels; a folder name with `__` is split into levels
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from fashion_tagger._io import read_regular
 from fashion_tagger.dataset.images import EXTENSIONS
 from fashion_tagger.dataset.ingest import ImportResult, Record, fingerprint, ingest
 from fashion_tagger.errors import DatasetError
@@ -50,7 +52,7 @@ def folder_records(root: Path) -> Iterator[Record]:
         elif not labels:
             rec.error, rec.detail = "no_label", "image is not inside a category folder"
         else:
-            rec.load = path.read_bytes
+            rec.load = functools.partial(read_regular, path)
         yield rec
 
 
