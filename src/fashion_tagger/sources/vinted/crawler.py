@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from PIL import Image
 
@@ -452,6 +453,8 @@ def crawl_vinted(
                         run.stop.append("max_requests")
                     except Blocked as exc:
                         run.stop.append(f"blocked:{exc}")
+                    except FetchError as exc:  # a request the whole run depends on failed
+                        raise _unreachable(config.url, exc, out) from exc
 
             stopped = "interrupted"
             try:
@@ -494,9 +497,20 @@ def crawl_status(out: str | Path) -> dict[str, Any]:
     return summary
 
 
+def _unreachable(url: str, exc: FetchError, out: Path | None = None) -> CrawlError:
+    """One line for a request the crawl cannot go on without (the home page, the tree)."""
+    kept = (
+        f"; the crawl state in {out / 'crawl.db'} is kept: re-run the same command" if out else ""
+    )
+    return CrawlError(f"{urlsplit(url).netloc or url}: {exc.reason} (after retries){kept}")
+
+
 async def _list(config: CrawlConfig) -> list[str]:
     async with Session(config.url, config.politeness) as session:
-        page = await session.home()
+        try:
+            page = await session.home()
+        except FetchError as exc:
+            raise _unreachable(config.url, exc) from exc
         roots = api.tree_from_html(page)
         if not roots:
             try:
