@@ -189,7 +189,7 @@ def test_any_mutation_of_items_parquet_opens_or_is_one_dataset_error(
         assert "items.parquet" in str(exc)
         return
     assert len(ds) == 4
-    assert set(ds.split_counts()) <= {"", "train", "val", "test"}
+    assert set(ds.split_counts()) <= {"none", "train", "val", "test"}
     for i in range(len(ds)):
         assert isinstance(ds.meta(i), dict)
 

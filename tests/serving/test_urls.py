@@ -13,6 +13,7 @@ import httpx
 import pytest
 from serve_fakes import FakePredictor, png
 
+from fashion_tagger import _net
 from fashion_tagger.serving import urls
 from fashion_tagger.serving.app import create_app
 from fashion_tagger.serving.deps import get_predictor
@@ -121,7 +122,7 @@ def test_private_hosts_are_refused_without_any_connection(server, connects, url)
 
 def test_a_redirect_to_a_private_host_is_checked_again(server, connects, monkeypatch):
     # pretend the local server is public, so only the redirect target is private
-    monkeypatch.setattr(urls, "is_public", lambda ip: ip == "127.0.0.1")
+    monkeypatch.setattr(_net, "is_public", lambda ip: ip == "127.0.0.1")
     with pytest.raises(urls.UrlError, match="private") as exc:
         asyncio.run(urls.fetch(f"{server}/to-private"))
     assert exc.value.refused
@@ -167,7 +168,7 @@ def test_malformed_urls_are_400(url):
 
 
 def test_is_public():
-    assert urls.is_public("93.184.216.34") and urls.is_public("2606:4700::1111")
+    assert _net.is_public("93.184.216.34") and _net.is_public("2606:4700::1111")
     for ip in [
         "127.0.0.1",
         "10.0.0.1",
@@ -182,4 +183,4 @@ def test_is_public():
         "100.64.0.1",
         "240.0.0.1",
     ]:
-        assert not urls.is_public(ip), ip
+        assert not _net.is_public(ip), ip

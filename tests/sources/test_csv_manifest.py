@@ -57,7 +57,8 @@ def _manifest(tmp_path, url):
 
 
 KW = dict(image_column="path", label_columns=["cat", "sub", "leaf"], attribute_columns=["colour"],
-          item_column="pid", split_column="fold", max_image_bytes=4000, workers=1, progress=False)  # fmt: skip
+          item_column="pid", split_column="fold", max_image_bytes=4000, workers=1, progress=False,
+          allow_private_hosts=True)  # fmt: skip
 
 
 def _check(result):
@@ -104,3 +105,19 @@ def test_unknown_column_is_a_clear_error(tmp_path):
     (tmp_path / "m.csv").write_text("image,kind\n")
     with pytest.raises(DatasetError, match=r"no column \['type'\]"):
         import_csv(tmp_path / "m.csv", tmp_path / "ds", label_columns=["kind", "type"])
+
+
+def test_urls_to_private_addresses_are_refused_before_connecting(tmp_path, served):
+    """Without --allow-private-hosts, rows naming loopback, private or link-local hosts are
+    skipped with the guard's reason, and the local server is never asked."""
+    root = tmp_path / "m"
+    root.mkdir()
+    (root / "ok.png").write_bytes(image_bytes("PNG"))
+    hosts = [served, "http://10.0.0.1", "http://169.254.169.254", "http://[::1]", "http://0.0.0.0"]
+    lines = ["image,kind"] + [f"{h}/remote.png,Kids" for h in hosts] + ["ok.png,Bags"]
+    (root / "m.csv").write_text("\n".join(lines) + "\n")
+    result = import_csv(root / "m.csv", tmp_path / "ds", label_columns=["kind"], workers=1,
+                        progress=False)  # fmt: skip
+    assert len(result.dataset) == 1
+    assert result.report["reasons"] == {"unreadable": len(hosts)}
+    assert "refused before connecting" in json.dumps(result.report)

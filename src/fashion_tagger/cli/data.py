@@ -135,6 +135,11 @@ def import_csv_cmd(
     item_column: str = typer.Option(None, "--item-column", help="Product id column."),
     split_column: str = typer.Option(None, "--split-column", help="train/val/test column."),
     timeout: float = typer.Option(30.0, "--timeout", help="Seconds per image download."),
+    allow_private_hosts: bool = typer.Option(
+        False,
+        "--allow-private-hosts",
+        help="Fetch image URLs on private, loopback or link-local addresses (trusted networks).",
+    ),
     workers: int = WORKERS,
     progress: bool = PROGRESS,
     as_json: bool = JSON,
@@ -155,6 +160,7 @@ def import_csv_cmd(
         timeout=timeout,
         workers=workers,
         progress=progress,
+        allow_private_hosts=allow_private_hosts,
     )
     report(result, as_json)
 

@@ -9,62 +9,16 @@ URL checked the same way. Size and time are limited; no proxy from the environme
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 import ssl
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import anyio
 import httpcore
 
-from fashion_tagger.errors import FashionTaggerError
+from fashion_tagger._net import UrlError, check_url, refuse_private
 
 USER_AGENT = "fashion-tagger/0.1 (+image classification service)"
-
-
-class UrlError(FashionTaggerError):
-    """A URL was refused or could not be fetched.
-
-    Attributes:
-        refused: True when the URL itself is not allowed (HTTP 400), False when fetching it failed
-            (HTTP 422).
-    """
-
-    def __init__(self, message: str, refused: bool) -> None:
-        super().__init__(message)
-        self.refused = refused
-
-
-def is_public(ip: str) -> bool:
-    """True for an address a public service may connect to."""
-    addr = ipaddress.ip_address(ip.split("%", 1)[0])
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    return not (
-        addr.is_private
-        or addr.is_loopback
-        or addr.is_link_local
-        or addr.is_multicast
-        or addr.is_reserved
-        or addr.is_unspecified
-        or not addr.is_global
-    )
-
-
-def check_url(url: str) -> tuple[str, int]:
-    """Refuse anything but an absolute http(s) URL with a host; return (host, port)."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise UrlError(f"{url!r} is not a valid URL: {exc}", refused=True) from exc
-    if parts.scheme not in ("http", "https"):
-        raise UrlError(f"{url!r}: only http and https URLs are allowed", refused=True)
-    if not parts.hostname:
-        raise UrlError(f"{url!r} has no host", refused=True)
-    if parts.username or parts.password:
-        raise UrlError(f"{url!r}: URLs with credentials are not allowed", refused=True)
-    return parts.hostname, port or (443 if parts.scheme == "https" else 80)
 
 
 async def resolve(host: str, port: int, allow_private: bool) -> list[str]:
@@ -77,14 +31,7 @@ async def resolve(host: str, port: int, allow_private: bool) -> list[str]:
     if not ips:
         raise UrlError(f"{host!r} resolves to no address", refused=False)
     if not allow_private:
-        bad = [ip for ip in ips if not is_public(ip)]
-        if bad:
-            raise UrlError(
-                f"{host!r} resolves to a private, loopback, link-local or reserved address "
-                f"({bad[0]}); the service refuses those (start it with --allow-private-urls "
-                "to allow them on a trusted network)",
-                refused=True,
-            )
+        refuse_private(host, ips, "start the service with --allow-private-urls")
     return ips
 
 

@@ -87,6 +87,8 @@ def fetch_image(client, url: str, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
     that ingest records them as a skipped image instead of stopping the import."""
     import httpx
 
+    from fashion_tagger._net import UrlError
+
     try:
         with client.stream("GET", url, follow_redirects=True) as resp:
             resp.raise_for_status()
@@ -100,3 +102,5 @@ def fetch_image(client, url: str, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
             return bytes(buf)
     except httpx.HTTPError as exc:
         raise OSError(f"download failed: {exc}") from exc
+    except UrlError as exc:  # the client's address guard: this row is skipped, with the reason
+        raise OSError(str(exc)) from exc

@@ -136,8 +136,12 @@ def import_csv(
     max_image_bytes: int = MAX_IMAGE_BYTES,
     workers: int | None = None,
     progress: bool = True,
+    allow_private_hosts: bool = False,
 ) -> ImportResult:
     """Import a CSV or Parquet manifest into the dataset dir `out`.
+
+    Image URLs to private, loopback, link-local or reserved addresses are refused row by row
+    (the `_net` guard, as `serve` does) unless `allow_private_hosts`.
 
     Args:
         label_columns: one column per level, root first; the level names are these columns.
@@ -161,8 +165,16 @@ def import_csv(
         raise DatasetError(f"{src} has no column {missing}; its columns are {columns}")
     import httpx
 
+    from fashion_tagger._net import check_request_url
+
     with contextlib.ExitStack() as stack:
-        client = stack.enter_context(httpx.Client(timeout=timeout))
+
+        def guard(request: httpx.Request) -> None:  # every request, each redirect included
+            check_request_url(str(request.url), allow_private_hosts, "--allow-private-hosts")
+
+        client = stack.enter_context(
+            httpx.Client(timeout=timeout, event_hooks={"request": [guard]}, trust_env=False)
+        )
         records = _records(
             src,
             image_column=image_column,
