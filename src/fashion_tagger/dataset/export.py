@@ -271,7 +271,8 @@ def export(
         workers: decoding threads (default: all cores).
     """
     if fmt not in FORMATS:
-        raise DatasetError(f"--format {fmt!r} is unknown; choose one of {', '.join(FORMATS)}")
+        every = ", ".join((*FORMATS, "webdataset"))  # webdataset's writer is its own module
+        raise DatasetError(f"--format {fmt!r} is unknown; choose one of {every}")
     if size is not None and not 8 <= size <= 4096:
         raise DatasetError(f"--size {size} must be between 8 and 4096 pixels, e.g. --size 224")
     out = Path(out)
