@@ -145,10 +145,10 @@ class DatasetInfo:
     derived_from: str | None = None
     """The dataset dir this one was filtered from."""
     history: tuple[Mapping[str, Any], ...] = ()
+    """One entry per operation (split, filter, dedup...): op, at, args, result."""
     revision: str = ""
     """A token new at every save: a writer that read another revision than the one on disk
     lost the race to a second writer, and `Dataset.save` refuses rather than drop its change."""
-    """One entry per operation (split, filter, dedup...): op, at, args, result."""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def with_history(self, op: str, args: Mapping[str, Any], result: Any) -> DatasetInfo:
