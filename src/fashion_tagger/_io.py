@@ -1,4 +1,6 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of either.
+"""File I/O every stage shares: atomic writes (a reader sees the old file or the new one, never
+half of either), the check that an output does not land on an input, and reads of regular files
+only.
 
 The one place that writes temp file + rename for the whole package, the image store's per-image
 hot path included, so it sticks to `os` calls (pathlib showed in import profiles).
@@ -102,11 +104,8 @@ OWNED_FILES: dict[str, frozenset[str]] = {
 
 def check_output(out: str | os.PathLike[str], inputs: Iterable[Any] = ()) -> None:
     """Refuse an output path that is one of the command's own inputs, or a file that a run dir
-    or dataset dir owns (`OWNED_FILES`), before anything is written.
-
-    Raises:
-        OSError subclass? No: `FashionTaggerError`, one line naming the path and why.
-    """
+    or dataset dir owns (`OWNED_FILES`), before anything is written: a `FashionTaggerError`,
+    one line naming the path and why."""
     from fashion_tagger.errors import FashionTaggerError
 
     target = Path(os.path.abspath(out))
