@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from typing import Any
 from urllib.parse import urlsplit
 
 from fashion_tagger.errors import FashionTaggerError
@@ -73,18 +74,26 @@ def refuse_private(host: str, ips: list[str], how_to_allow: str) -> None:
         )
 
 
-def resolve_checked(host: str, port: int, allow_private: bool, how_to_allow: str) -> list[str]:
-    """The host's addresses (blocking resolver), every one checked before anything is sent."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise UrlError(f"cannot resolve {host!r}: {exc}", refused=False) from exc
+def checked_addresses(
+    host: str, infos: list[Any], allow_private: bool, how_to_allow: str
+) -> list[str]:
+    """The addresses of a `getaddrinfo` answer for `host`, each one checked (`refuse_private`)
+    unless `allow_private`; `how_to_allow` names the caller's opt-in flag in the error."""
     ips = list(dict.fromkeys(str(info[4][0]) for info in infos))
     if not ips:
         raise UrlError(f"{host!r} resolves to no address", refused=False)
     if not allow_private:
         refuse_private(host, ips, how_to_allow)
     return ips
+
+
+def resolve_checked(host: str, port: int, allow_private: bool, how_to_allow: str) -> list[str]:
+    """The host's addresses (blocking resolver), every one checked before anything is sent."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise UrlError(f"cannot resolve {host!r}: {exc}", refused=False) from exc
+    return checked_addresses(host, infos, allow_private, how_to_allow)
 
 
 def check_request_url(url: str, allow_private: bool, how_to_allow: str) -> None:

@@ -55,12 +55,21 @@ def _copy(template: Path, tmp: Path) -> Path:
     return out
 
 
-def _set_image(root: Path, row: int, value: str) -> None:
+def _set_cell(root: Path, column: str, row: int, value: object) -> None:
+    """Write `value` into one cell of items.parquet, as a hand edit of the file would."""
     table = pq.read_table(root / manifest.ITEMS_FILE)
-    images = table.column("image").to_pylist()
-    images[row] = value
-    table = table.set_column(table.schema.get_field_index("image"), "image", pa.array(images))
+    values = table.column(column).to_pylist()
+    values[row] = value
+    try:
+        new = pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed types: as text, as a careless tool would
+        new = pa.array([None if v is None else str(v) for v in values])
+    table = table.set_column(table.schema.get_field_index(column), column, new)
     pq.write_table(table, root / manifest.ITEMS_FILE)
+
+
+def _set_image(root: Path, row: int, value: str) -> None:
+    _set_cell(root, "image", row, value)
 
 
 @pytest.mark.parametrize("path", HOSTILE_PATHS)
@@ -174,15 +183,7 @@ def test_any_mutation_of_items_parquet_opens_or_is_one_dataset_error(
     template, tmp_path, column, row, value
 ):
     root = _copy(template, tmp_path)
-    table = pq.read_table(root / manifest.ITEMS_FILE)
-    values = table.column(column).to_pylist()
-    values[row] = value
-    try:
-        new = pa.array(values)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        new = pa.array([None if v is None else str(v) for v in values])
-    table = table.set_column(table.schema.get_field_index(column), column, new)
-    pq.write_table(table, root / manifest.ITEMS_FILE)
+    _set_cell(root, column, row, value)
     try:
         ds = Dataset.open(root)
     except DatasetError as exc:
@@ -196,22 +197,14 @@ def test_any_mutation_of_items_parquet_opens_or_is_one_dataset_error(
 
 def test_a_null_split_names_the_row(template, tmp_path):
     root = _copy(template, tmp_path)
-    table = pq.read_table(root / manifest.ITEMS_FILE)
-    splits = table.column("split").to_pylist()
-    splits[3] = None
-    table = table.set_column(table.schema.get_field_index("split"), "split", pa.array(splits))
-    pq.write_table(table, root / manifest.ITEMS_FILE)
+    _set_cell(root, "split", 3, None)
     with pytest.raises(DatasetError, match=r"row 3: split is null"):
         Dataset.open(root)
 
 
 def test_meta_that_is_not_an_object_names_the_row(template, tmp_path):
     root = _copy(template, tmp_path)
-    table = pq.read_table(root / manifest.ITEMS_FILE)
-    metas = table.column("meta").to_pylist()
-    metas[1] = "[1, 2]"
-    table = table.set_column(table.schema.get_field_index("meta"), "meta", pa.array(metas))
-    pq.write_table(table, root / manifest.ITEMS_FILE)
+    _set_cell(root, "meta", 1, "[1, 2]")
     with pytest.raises(DatasetError, match=r"row 1: meta is not a JSON object"):
         Dataset.open(root)
 

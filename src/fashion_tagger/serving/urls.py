@@ -16,7 +16,7 @@ from urllib.parse import urljoin
 import anyio
 import httpcore
 
-from fashion_tagger._net import UrlError, check_url, refuse_private
+from fashion_tagger._net import UrlError, check_url, checked_addresses
 
 USER_AGENT = "fashion-tagger/0.1 (+image classification service)"
 
@@ -27,12 +27,9 @@ async def resolve(host: str, port: int, allow_private: bool) -> list[str]:
         infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError as exc:
         raise UrlError(f"cannot resolve {host!r}: {exc}", refused=False) from exc
-    ips = list(dict.fromkeys(str(info[4][0]) for info in infos))
-    if not ips:
-        raise UrlError(f"{host!r} resolves to no address", refused=False)
-    if not allow_private:
-        refuse_private(host, ips, "start the service with --allow-private-urls")
-    return ips
+    return checked_addresses(
+        host, infos, allow_private, "start the service with --allow-private-urls"
+    )
 
 
 class _CheckedBackend(httpcore.AsyncNetworkBackend):
