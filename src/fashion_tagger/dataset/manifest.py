@@ -221,6 +221,8 @@ def _first_bad(mask: pa.ChunkedArray | pa.Array) -> int | None:
 
 
 def _check_nulls(table: pa.Table, where: str) -> None:
+    """Refuse a null in any column, naming the first such row (before the schema cast, whose
+    own error for it is a bare ValueError without the row)."""
     import pyarrow.compute as pc
 
     for name in COLUMNS:
@@ -230,8 +232,8 @@ def _check_nulls(table: pa.Table, where: str) -> None:
 
 
 def _check_rows(table: pa.Table, where: str) -> None:
-    """Refuse rows no stage can trust: a null where a value is needed, an image path outside
-    the row's own store file, a split name that is not one, `meta` that is not a JSON object."""
+    """Refuse rows no stage can trust: an image path outside the row's own store file, a split
+    name that is not one, `meta` that is not a JSON object."""
     import pyarrow.compute as pc
 
     image, sha = table.column("image"), table.column("sha256")
