@@ -3,6 +3,7 @@
 import hashlib
 import io
 import json
+import sys
 from collections import Counter, defaultdict
 
 import numpy as np
@@ -11,11 +12,18 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from fashion_tagger.cli import app
+from fashion_tagger.cli import app, main
 from fashion_tagger.dataset import manifest, store
 from fashion_tagger.dataset.core import Dataset
 from fashion_tagger.dataset.dedup import PHASH_FILE, dedup, near_pairs
-from fashion_tagger.dataset.ops import _item_classes, filter_dataset, relocate, split
+from fashion_tagger.dataset.ops import (
+    _item_classes,
+    filter_dataset,
+    filter_steps,
+    parse_where,
+    relocate,
+    split,
+)
 from fashion_tagger.errors import DatasetError
 
 LEVELS = ["masterCategory", "subCategory", "articleType"]
@@ -323,3 +331,107 @@ def test_filter_out_writes_new_dir_with_only_its_images(tmp_path):
     assert len(Dataset.open(tmp_path / "src")) == 6  # the source is untouched
     with pytest.raises(DatasetError, match="already holds"):
         relocate(src, tmp_path / "dst")
+
+
+# -- filter --where -----------------------------------------------------------------------------
+def footwear_like(root):
+    """Rows with levels, gender and colour attributes and a meta key, images not stored."""
+    rows = []
+    spec = [
+        ("Footwear", "Shoes", "Men", "Black", 5),
+        ("Footwear", "Shoes", "Women", "Pink", 4),
+        ("Footwear", "Sandal", "Women", "Black", 3),
+        ("Footwear", "Sandal", "Unisex", "Brown", 2),
+        ("Apparel", "Topwear", "Men", "Pink", 6),
+    ]
+    for k, (master, sub, gender, colour, n) in enumerate(spec):
+        for j in range(n):
+            sha = hashlib.sha256(f"{k}/{j}".encode()).hexdigest()
+            rows.append(
+                {
+                    "image": store.relpath(sha, "jpg"),
+                    "sha256": sha,
+                    "item_id": f"{k}-{j}",
+                    "labels": [master, sub],
+                    "attributes": [f"gender={gender}", f"colour={colour}", "season=Summer"],
+                    "meta": json.dumps({"year": 2010 + j % 2, "title": f"t{k}{j}"}),
+                }
+            )
+    return Dataset.create(
+        root, manifest.rows_to_table(rows), {"name": "fw", "levels": ["master", "sub"]}
+    )
+
+
+def test_filter_where_keeps_rows_matching_every_condition(tmp_path):
+    ds = footwear_like(tmp_path)
+    out, r = filter_dataset(ds, where=[("master", ["Footwear"]), ("gender", ["Men", "Women"])])
+    assert len(out) == 12 and r.dropped_by_where == len(ds) - 12
+    assert {p[0] for p in out.labels} == {"Footwear"}
+    genders = {a for attrs in _col(out, "attributes") for a in attrs if a.startswith("gender")}
+    assert genders == {"gender=Men", "gender=Women"}
+    assert out.info.history[-1]["args"]["where"] == [
+        ["master", ["Footwear"]],
+        ["gender", ["Men", "Women"]],
+    ]
+    # a meta key and a level deeper than the root; combined with a later step
+    by_year, _ = filter_dataset(ds, where=[("year", ["2011"])])
+    assert len(by_year) == 2 + 2 + 1 + 1 + 3
+    both, r = filter_dataset(ds, where=[("sub", ["Shoes", "Sandal"])], min_per_class=5)
+    assert Counter(p[1] for p in both.labels) == {"Shoes": 9, "Sandal": 5}
+
+
+def test_filter_where_errors_list_what_the_dataset_has(tmp_path):
+    ds = footwear_like(tmp_path)
+    with pytest.raises(DatasetError, match=r"'genre'.*known names: master, sub, colour, gender"):
+        filter_dataset(ds, where=[("genre", ["Men"])])
+    with pytest.raises(DatasetError, match=r"did you mean 'Men'.*Men \(11\)"):
+        filter_dataset(ds, where=[("gender", ["men"])])
+    with pytest.raises(DatasetError, match="not all together"):
+        filter_dataset(ds, where=[("master", ["Apparel"]), ("gender", ["Women"])])
+    for bad in ("gender", "gender=", "=Men", "gender= , "):
+        with pytest.raises(DatasetError, match="NAME=VALUE"):
+            parse_where([bad])
+    assert parse_where(["gender=Men, Women,Men", "colour=Navy Blue"]) == (
+        ("gender", ("Men", "Women")),
+        ("colour", ("Navy Blue",)),
+    )
+
+
+def run_main(monkeypatch, capsys, *args):
+    """The real entry point: (exit code, stderr); user errors must be one line, no traceback."""
+    monkeypatch.setattr(sys, "argv", ["fashion-tagger", *args])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return exc.value.code, err
+
+
+def test_filter_cli_where_in_place_and_one_line_errors(tmp_path, monkeypatch, capsys):
+    ds = footwear_like(tmp_path)
+    args = ["dataset", "filter", str(ds.root)]
+    code, err = run_main(monkeypatch, capsys, *args, "--where", "colour=Teal")
+    assert code == 2 and "no row has colour 'Teal'" in err and "Pink (10)" in err
+    assert len(Dataset.open(ds.root)) == 20
+    code, err = run_main(monkeypatch, capsys, *args, "--where", "colour=Pink", "--min-score", "1")
+    assert code == 2 and "--min-score goes with --drop-issues" in err
+    code, err = run_main(monkeypatch, capsys, *args, "--drop-issues", "--out", str(tmp_path / "x"))
+    assert code == 2 and "works in place" in err
+    res = CliRunner().invoke(app, [*args, "--where", "colour=Pink", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["images_after"] == 10
+    assert len(Dataset.open(ds.root)) == 10  # in place without --out
+
+
+@pytest.mark.parametrize(
+    ("out", "drop", "score", "rows", "expected"),
+    [
+        (None, False, None, True, True),
+        (None, False, None, False, True),  # filter_dataset then says "nothing to do"
+        (None, True, None, False, False),
+        (None, True, 0.5, True, True),
+        ("x", False, None, True, True),
+    ],
+)
+def test_filter_steps(out, drop, score, rows, expected):
+    assert filter_steps(out=out, drop_issues=drop, min_score=score, row_filters=rows) is expected

@@ -8,7 +8,6 @@ import typer
 from rich.table import Table
 
 from fashion_tagger.cli._app import PROGRESS, WORKERS, console, dataset_app, print_json
-from fashion_tagger.errors import FashionTaggerError
 
 DIR = typer.Argument(..., help="A dataset dir (written by import or crawl), local or a URL.")
 
@@ -138,6 +137,12 @@ def dedup_cmd(
 @dataset_app.command("filter")
 def filter_cmd(
     directory: str = DIR,
+    where: list[str] = typer.Option(
+        None,
+        "--where",
+        help="Keep rows whose level, attribute group or meta key NAME has one of the values: "
+        "NAME=V1,V2 (repeat: rows must match every --where).",
+    ),
     min_per_class: int = typer.Option(
         None, "--min-per-class", help="Drop classes with fewer images."
     ),
@@ -161,31 +166,36 @@ def filter_cmd(
     ),
     as_json: bool = JSON,
 ) -> None:
-    """Drop rare classes, cap dominant ones, take a stratified sample (whole items), or drop
-    the rows an audit flagged.
+    """Keep rows by value (--where), drop rare classes, cap dominant ones, take a stratified
+    sample (whole items), or drop the rows an audit flagged.
 
     The result is recorded in dataset.json's history. With --out, the source is left untouched
-    (except by --drop-issues, which works in place).
+    (except by --drop-issues, which works in place). An unknown NAME or a value no row has is an
+    error that lists the names or values the dataset has.
+
+    Example: fashion-tagger dataset filter data/products --where masterCategory=Footwear --where gender=Men,Women --out data/footwear
 
     Example: fashion-tagger dataset filter data/products --min-per-class 10 --cap-ratio 4 --sample 2000 --out data/small
 
     After an audit: fashion-tagger dataset filter data/products --drop-issues --min-score 0.99
     """
-    from fashion_tagger.dataset.core import Dataset
-    from fashion_tagger.dataset.ops import filter_dataset, relocate
+    from fashion_tagger.dataset.ops import filter_dir, filter_steps, parse_where
 
-    others = (min_per_class, max_per_class, cap_ratio, sample)
+    conditions = parse_where(where or [])
+    row_filters = bool(conditions) or any(
+        v is not None for v in (min_per_class, max_per_class, cap_ratio, sample)
+    )
+    run_filter = filter_steps(
+        out=out, drop_issues=drop_issues, min_score=min_score, row_filters=row_filters
+    )
     if drop_issues:
-        if out is not None:
-            raise FashionTaggerError("--drop-issues works in place: drop --out")
-        _drop_issues(directory, min_score, as_json and all(v is None for v in others))
-        if all(v is None for v in others):
-            return
-    elif min_score is not None:
-        raise FashionTaggerError("--min-score goes with --drop-issues")
-
-    ds, result = filter_dataset(
-        Dataset.open(directory),
+        _drop_issues(directory, min_score, as_json and not run_filter)
+    if not run_filter:
+        return
+    ds, result = filter_dir(
+        directory,
+        out=out,
+        where=conditions,
         min_per_class=min_per_class,
         max_per_class=max_per_class,
         cap_ratio=cap_ratio,
@@ -193,9 +203,6 @@ def filter_cmd(
         seed=seed,
         level=level,
     )
-    if out is not None:
-        ds = relocate(ds, out)
-    ds = ds.save()
     if as_json:
         print_json(result.to_dict() | {"out": ds.url})
         return
@@ -203,6 +210,8 @@ def filter_cmd(
         f"{result.images_before:,} -> {result.images_after:,} images, "
         f"{result.classes_before:,} -> {result.classes_after:,} classes; written to {ds.url}"
     )
+    if result.dropped_by_where:
+        console.print(f"--where dropped {result.dropped_by_where:,} rows")
     if result.dropped_classes:
         console.print(f"dropped {len(result.dropped_classes)} rare classes")
     if result.capped_classes:

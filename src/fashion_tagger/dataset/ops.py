@@ -1,4 +1,5 @@
-"""The tools that change a dataset: split and filter (dedup is in `dataset.dedup`).
+"""The tools that change a dataset: split and filter (dedup is in `dataset.dedup`, relevel in
+`dataset.relevel`).
 
 Each is a plain function that takes a `Dataset` and returns a new (unsaved) `Dataset` plus a small
 result for printing; the caller saves. Rows are the unit of the manifest but items are the unit of
@@ -20,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from fashion_tagger import storage
-from fashion_tagger.dataset import manifest
+from fashion_tagger.dataset import fields, manifest
 from fashion_tagger.dataset.core import Dataset
 from fashion_tagger.errors import DatasetError
 
@@ -173,6 +174,10 @@ class FilterResult:
     capped_classes: int
     cap: int | None
     sampled: bool
+    where: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """The --where conditions, as (name, values)."""
+    dropped_by_where: int = 0
+    """Rows that failed a --where condition (dropped before the other steps)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -227,11 +232,46 @@ def _sample_quotas(class_sizes: dict[Leaf, int], n: int) -> dict[Leaf, int]:
     return {c: min(q, class_sizes[c]) for c, q in quota.items()}
 
 
+Where = Sequence[tuple[str, Sequence[str]]]
+"""Row conditions: (name, values) pairs; a row passes one when its `name` has one of the values."""
+
+
+def parse_where(specs: Sequence[str]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """`--where NAME=V1,V2` options as (name, values) pairs, in the order given.
+
+    Values are split on commas and stripped; a repeated NAME is a second condition (rows must
+    meet both), not a union: put every value of a union in one --where.
+    """
+    out = []
+    for spec in specs:
+        name, sep, rest = spec.partition("=")
+        values = tuple(dict.fromkeys(v.strip() for v in rest.split(",") if v.strip()))
+        if not sep or not name.strip() or not values:
+            raise DatasetError(
+                f"--where {spec!r}: write NAME=VALUE[,VALUE...], e.g. --where gender=Men,Women"
+            )
+        out.append((name.strip(), values))
+    return tuple(out)
+
+
+def where_mask(ds: Dataset, where: Where) -> np.ndarray:
+    """Rows meeting every condition. A NAME this dataset lacks, or a value no row has, is an
+    error listing what it has: a typo would otherwise drop every row, or none, silently."""
+    keep = np.ones(len(ds), dtype=bool)
+    for name, values in where:
+        f = fields.field(ds, name, "--where")
+        f.check_values(values, "--where")
+        wanted = set(values)
+        keep &= np.array([bool(wanted.intersection(vs)) for vs in f.values], dtype=bool)
+    return keep
+
+
 def _check_filter_args(
     min_per_class: int | None,
     max_per_class: int | None,
     cap_ratio: float | None,
     sample: int | None,
+    where: Where = (),
 ) -> None:
     """Refuse filter arguments that make no sense, naming the flag to change."""
     if max_per_class is not None and cap_ratio is not None:
@@ -242,9 +282,9 @@ def _check_filter_args(
             raise DatasetError(f"{flag} must be at least 1 (got {v})")
     if cap_ratio is not None and cap_ratio <= 0:
         raise DatasetError(f"--cap-ratio must be positive, e.g. 4 (got {cap_ratio})")
-    if all(v is None for v in (min_per_class, max_per_class, cap_ratio, sample)):
+    if not where and all(v is None for v in (min_per_class, max_per_class, cap_ratio, sample)):
         raise DatasetError(
-            "nothing to do: give --min-per-class, --max-per-class, --cap-ratio or --sample"
+            "nothing to do: give --where, --min-per-class, --max-per-class, --cap-ratio or --sample"
         )
 
 
@@ -256,10 +296,14 @@ def filter_dataset(
     sample: int | None = None,
     seed: int = 0,
     level: str | None = None,
+    where: Where = (),
 ) -> tuple[Dataset, FilterResult]:
-    """Drop rare classes, cap dominant ones, and/or take a stratified sample, by whole items.
+    """Keep the rows matching `where`, drop rare classes, cap dominant ones, and/or take a
+    stratified sample, by whole items.
 
-    Steps run in that order. The cap is `max_per_class` images, or `cap_ratio` x the mean class
+    Steps run in that order. `where` is per row (a photo is kept when it matches, whatever the
+    other photos of its item say: the conditions are on what a row carries); the later steps
+    count only the rows it kept. The cap is `max_per_class` images, or `cap_ratio` x the mean class
     size (the notebook's rule against one class swamping the loss). Capping and sampling pick
     whole items at random (deterministic for `seed`) within each class.
 
@@ -269,16 +313,23 @@ def filter_dataset(
         cap_ratio: keep at most this multiple of the mean class size (exclusive with max).
         sample: keep about this many images in all, proportional per class, >= 1 per class.
         level: classify rows by their path cut at this level instead of by leaf.
+        where: (name, values) conditions, every one to be met (see `where_mask`); a name is a
+            level, an attribute group or a meta key (`dataset.fields`).
     """
-    _check_filter_args(min_per_class, max_per_class, cap_ratio, sample)
+    _check_filter_args(min_per_class, max_per_class, cap_ratio, sample, where)
     classes = _class_keys(ds, level)
     items = ds.table.column("item_id").to_pylist()
-    keep = np.ones(len(items), dtype=bool)
     before = Counter(classes)
+    keep = where_mask(ds, where)
+    if where and not keep.any():
+        said = " and ".join(f"{n}={','.join(v)}" for n, v in where)
+        raise DatasetError(f"no row has {said}; each --where is met alone, but not all together")
+    dropped_by_where = int((~keep).sum())
+    present = Counter(c for c, k in zip(classes, keep, strict=True) if k)
 
     dropped: list[str] = []
     if min_per_class is not None:
-        rare = {c for c, k in before.items() if k < min_per_class}
+        rare = {c for c, k in present.items() if k < min_per_class}
         dropped = sorted(" > ".join(c) for c in rare)
         keep &= np.array([c not in rare for c in classes], dtype=bool)
 
@@ -334,8 +385,11 @@ def filter_dataset(
         capped_classes=capped,
         cap=cap,
         sampled=sample is not None,
+        where=tuple((n, tuple(v)) for n, v in where),
+        dropped_by_where=dropped_by_where,
     )
     args = {
+        "where": [[n, list(v)] for n, v in where],
         "min_per_class": min_per_class,
         "max_per_class": max_per_class,
         "cap_ratio": cap_ratio,
@@ -369,3 +423,46 @@ def relocate(ds: Dataset, out: str | Path) -> Dataset:
             )
     moved = ds.copy_to(out)
     return replace(moved, info=replace(moved.info, derived_from=ds.url))
+
+
+def filter_steps(
+    *,
+    out: str | Path | None,
+    drop_issues: bool,
+    min_score: float | None,
+    row_filters: bool,
+) -> bool:
+    """Check how `dataset filter`'s parts combine; True when `filter_dir` has work to do.
+
+    `drop_issues` (the audit's flagged rows) works in place on the dataset dir, since the audit's
+    label_issues.parquet and the review's decisions belong to it: it refuses `out`. The row
+    filters (--where, --min-per-class, --max-per-class, --cap-ratio, --sample) write to `out`
+    when given, else in place. Both may run in one call: the issues first, in place, then the
+    row filters.
+
+    Args:
+        row_filters: whether any row filter was given.
+    """
+    if drop_issues and out is not None:
+        raise DatasetError("--drop-issues works in place: drop --out")
+    if min_score is not None and not drop_issues:
+        raise DatasetError("--min-score goes with --drop-issues")
+    return row_filters or not drop_issues
+
+
+def filter_dir(
+    location: str | Path, *, out: str | Path | None = None, **options: Any
+) -> tuple[Dataset, FilterResult]:
+    """`filter_dataset` on a dataset dir, saved in place or as a new dataset dir at `out` (which
+    then holds only the images its rows name; the source is left untouched).
+
+    Args:
+        options: `filter_dataset`'s keyword arguments.
+
+    Returns:
+        The saved dataset and what the filter did.
+    """
+    ds, result = filter_dataset(Dataset.open(location), **options)
+    if out is not None:
+        ds = relocate(ds, out)
+    return ds.save(), result
