@@ -218,6 +218,50 @@ def filter_cmd(
         console.print(f"capped {result.capped_classes} classes at {result.cap:,} images")
 
 
+@dataset_app.command("relevel")
+def relevel_cmd(
+    directory: str = DIR,
+    levels: str = typer.Option(
+        ...,
+        "--levels",
+        help="The new label path, root first: level, attribute group or meta key names, "
+        "comma-separated (e.g. gender or gender,articleType).",
+    ),
+    drop_missing: bool = typer.Option(
+        False,
+        "--drop-missing",
+        help="Drop rows without exactly one value of each name (default: refuse, with counts).",
+    ),
+    out: str = typer.Option(
+        None, "--out", "-o", help="Write a new dataset dir here (or URL) instead of changing DIR."
+    ),
+    as_json: bool = JSON,
+) -> None:
+    """Rebuild each row's label path from any of its levels and attribute groups: choose the
+    target (e.g. gender) after import.
+
+    The old path stays in each row's meta (label_history), old levels off the new path stay
+    usable by name (meta former_levels), an attribute group that becomes a level leaves the
+    attributes, and dataset.json records the change in its history.
+
+    Example: fashion-tagger dataset relevel data/footwear --levels gender
+    """
+    from fashion_tagger.dataset.relevel import relevel_dir
+
+    ds, result = relevel_dir(directory, levels, drop_missing=drop_missing, out=out)
+    if as_json:
+        print_json(result.to_dict() | {"out": ds.url})
+        return
+    classes = ", ".join(f"{k} ({v:,} classes)" for k, v in result.classes_per_level.items())
+    console.print(
+        f"levels {' > '.join(result.levels_before) or 'none'} -> {' > '.join(result.levels_after)}"
+        f": {classes}; {result.changed:,} of {result.images_after:,} paths changed; "
+        f"written to {ds.url}"
+    )
+    if result.dropped:
+        console.print(f"dropped {result.dropped:,} rows without one value of every level")
+
+
 def _drop_issues(directory: str, min_score: float | None, as_json: bool) -> None:
     from fashion_tagger.dataset.relabel import drop_issues
 
