@@ -39,16 +39,16 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from fashion_tagger.dataset.core import Dataset
-from fashion_tagger.evaluation.audit import DEFAULT_THRESHOLD, AuditConfig, audit_rows
-from fashion_tagger.evaluation.audit_features import embed, pretrained_backbone
-from fashion_tagger.evaluation.audit_scoring import (
+from fashion_tagger.curation.audit import DEFAULT_THRESHOLD, AuditConfig, audit_rows
+from fashion_tagger.curation.features import embed, pretrained_backbone
+from fashion_tagger.curation.scoring import (
     HeadConfig,
     fit_oof,
     flat_scores,
     item_folds,
     reduce_features,
 )
+from fashion_tagger.dataset.core import Dataset
 
 THRESHOLDS = (0.5, 0.9, DEFAULT_THRESHOLD, 0.999)
 

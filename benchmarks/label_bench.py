@@ -130,8 +130,8 @@ def timed_label(args: argparse.Namespace, run: Path, files: list[Path]) -> dict:
     """Step 4: the real `label` over the test photos, timed, at its default threshold."""
     import inspect
 
+    from fashion_tagger.curation.label import label
     from fashion_tagger.dataset.core import Dataset
-    from fashion_tagger.inference.label import label
 
     default = inspect.signature(label).parameters["min_confidence"].default
     p = default if args.min_confidence is None else args.min_confidence

@@ -10,7 +10,7 @@ from run_fixtures import shared_tiny_run
 from typer.testing import CliRunner
 
 from fashion_tagger.cli import app
-from fashion_tagger.inference.label import DEFAULT_MIN_CONFIDENCE, label
+from fashion_tagger.curation.label import DEFAULT_MIN_CONFIDENCE, label
 from fashion_tagger.model.rundir import RunDir
 
 

@@ -11,7 +11,7 @@ from rich.table import Table
 from fashion_tagger.cli._app import PROGRESS, app, console, dataset_app, print_json
 
 if TYPE_CHECKING:
-    from fashion_tagger.evaluation.audit import AuditResult
+    from fashion_tagger.curation.audit import AuditResult
 
 DIR = typer.Argument(..., help="A dataset dir (written by import or crawl).")
 JSON = typer.Option(False, "--json", help="Print one JSON object.")
@@ -71,9 +71,9 @@ def audit_cmd(
     Example: fashion-tagger audit data/products --folds 5 --json
     Example: fashion-tagger audit data/products --level articleType --threshold 0.9
     """
-    from fashion_tagger.evaluation.audit import AuditConfig, audit
-    from fashion_tagger.evaluation.audit_scoring import HeadConfig
-    from fashion_tagger.evaluation.review import write_review_page
+    from fashion_tagger.curation.audit import AuditConfig, audit
+    from fashion_tagger.curation.review import write_review_page
+    from fashion_tagger.curation.scoring import HeadConfig
 
     result = audit(
         directory,
@@ -144,7 +144,7 @@ def relabel_cmd(
 
     Example: fashion-tagger dataset relabel data/products --decisions decisions.json
     """
-    from fashion_tagger.dataset.relabel import relabel
+    from fashion_tagger.curation.relabel import relabel
 
     result = relabel(directory, decisions)
     if as_json:

@@ -263,7 +263,7 @@ def relevel_cmd(
 
 
 def _drop_issues(directory: str, min_score: float | None, as_json: bool) -> None:
-    from fashion_tagger.dataset.relabel import drop_issues
+    from fashion_tagger.curation.relabel import drop_issues
 
     result = drop_issues(directory, min_score=min_score)
     if as_json:

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from fashion_tagger.cli._app import PROGRESS, app, console, print_json
-from fashion_tagger.inference.label import DEFAULT_MIN_CONFIDENCE  # no torch: --help stays fast
+from fashion_tagger.curation.label import DEFAULT_MIN_CONFIDENCE  # no torch: --help stays fast
 
 
 @app.command("label")
@@ -41,8 +41,8 @@ def label_cmd(
 
     Example: fashion-tagger label runs/products scraped/ --out data/scraped --min-confidence 0.95
     """
-    from fashion_tagger.evaluation.review import write_review_page
-    from fashion_tagger.inference.label import label
+    from fashion_tagger.curation.label import label
+    from fashion_tagger.curation.review import write_review_page
 
     summary = label(
         run_dir,
@@ -86,7 +86,7 @@ def review_cmd(
 
     Example: fashion-tagger review data/products --out review.html
     """
-    from fashion_tagger.evaluation.review import write_review_page
+    from fashion_tagger.curation.review import write_review_page
 
     page = write_review_page(dataset_dir, out, only_issues=not all_rows, max_rows=max_rows)
     console.print(f"[green]wrote[/] {page}")

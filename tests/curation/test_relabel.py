@@ -11,15 +11,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fashion_tagger.dataset import store
-from fashion_tagger.dataset.core import Dataset
-from fashion_tagger.dataset.manifest import rows_to_table
-from fashion_tagger.dataset.relabel import (
+from fashion_tagger.curation.relabel import (
     DecisionsError,
     drop_issues,
     relabel,
     write_issues,
 )
+from fashion_tagger.dataset import store
+from fashion_tagger.dataset.core import Dataset
+from fashion_tagger.dataset.manifest import rows_to_table
 from fashion_tagger.errors import DatasetError
 
 LEVELS = ["masterCategory", "subCategory", "articleType"]

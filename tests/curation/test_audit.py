@@ -15,23 +15,23 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from fashion_tagger.dataset import store
-from fashion_tagger.dataset.core import Dataset
-from fashion_tagger.dataset.manifest import rows_to_table
-from fashion_tagger.errors import DatasetError
-from fashion_tagger.evaluation.audit import (
+from fashion_tagger.curation.audit import (
     AuditConfig,
     audit,
     issues_settings,
     read_issues,
     write_issues,
 )
-from fashion_tagger.evaluation.audit_features import AuditError, FeatureSpec, embed
-from fashion_tagger.evaluation.audit_scoring import (
+from fashion_tagger.curation.features import AuditError, FeatureSpec, embed
+from fashion_tagger.curation.scoring import (
     HeadConfig,
     item_folds,
     score_paths,
 )
+from fashion_tagger.dataset import store
+from fashion_tagger.dataset.core import Dataset
+from fashion_tagger.dataset.manifest import rows_to_table
+from fashion_tagger.errors import DatasetError
 from fashion_tagger.model.decode import LeafTable
 from fashion_tagger.taxonomy import Taxonomy
 
@@ -324,7 +324,7 @@ def test_issues_file_round_trip_and_checks(tmp_path: Path) -> None:
     back = read_issues(tmp_path)
     assert back.column("kind").to_pylist() == ["label", "low_confidence"]
     assert back.column("outlier_score").null_count == 2  # optional columns come back as nulls
-    from fashion_tagger.evaluation.audit import issues_settings
+    from fashion_tagger.curation.audit import issues_settings
 
     assert issues_settings(back) == {"folds": 5}
     for bad, message in (
@@ -474,7 +474,7 @@ def three_level_tree() -> tuple[Taxonomy, np.ndarray, list]:
 def test_sibling_swap_is_not_diluted_and_an_unsure_branch_is_not_an_error() -> None:
     """Upper levels sure and agreeing, articleType sure of a sibling: the score is near 1. The
     branch in doubt but the given path the likeliest: the score stays low."""
-    from fashion_tagger.evaluation.audit_scoring import noise_posterior
+    from fashion_tagger.curation.scoring import noise_posterior
 
     tax, paths, leaves = three_level_tree()
     index = [tuple(p) for p in paths]
@@ -493,7 +493,7 @@ def test_sibling_swap_is_not_diluted_and_an_unsure_branch_is_not_an_error() -> N
 
 
 def test_calibrate_softens_overconfident_heads() -> None:
-    from fashion_tagger.evaluation.audit_scoring import calibrate
+    from fashion_tagger.curation.scoring import calibrate
 
     rng = np.random.default_rng(0)
     truth = rng.integers(0, 4, 500)
@@ -513,7 +513,7 @@ def test_calibrate_softens_overconfident_heads() -> None:
 
 @pytest.mark.parametrize("hidden", [0, 32])
 def test_fit_oof_learns_clusters_out_of_fold(hidden: int) -> None:
-    from fashion_tagger.evaluation.audit_scoring import fit_oof
+    from fashion_tagger.curation.scoring import fit_oof
 
     feats, paths, _, _ = clustered(300, noise=1.0, flip=0.0, seed=5)
     leaf = np.array([LEAVES.index(p) for p in paths])

@@ -25,8 +25,8 @@ import pyarrow as pa
 from PIL import Image
 
 from fashion_tagger._io import atomic_path
+from fashion_tagger.curation import relabel as issues
 from fashion_tagger.dataset import images
-from fashion_tagger.dataset import relabel as issues
 from fashion_tagger.dataset.core import Dataset
 from fashion_tagger.errors import DatasetError
 
@@ -41,7 +41,7 @@ Issues = pa.Table | Iterable[Mapping[str, Any]] | Any
 
 
 def _template() -> str:
-    return resources.files("fashion_tagger.evaluation").joinpath("static/review.html").read_text()
+    return resources.files("fashion_tagger.curation").joinpath("static/review.html").read_text()
 
 
 def _as_rows(issues: Issues) -> list[dict[str, Any]]:

@@ -8,7 +8,7 @@ Rows at or above `min_confidence` are labelled with the predicted path; the othe
 unlabelled (`labels=[]`) and join `label_issues.parquet` as `kind="low_confidence"`, the queue
 of the review page. `dataset relabel` with accepted decisions turns them into labelled rows.
 Re-running over the same dataset dir adds only photos whose bytes it does not hold yet.
-The review page itself is `evaluation.review` (a layer above); the CLI writes it after this.
+The review page itself is `curation.review`; the CLI writes it after this.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fashion_tagger import _progress
+from fashion_tagger.curation import relabel as issues
 from fashion_tagger.dataset import images, manifest, store
-from fashion_tagger.dataset import relabel as issues
 from fashion_tagger.dataset.core import Dataset
 from fashion_tagger.errors import DatasetError, FashionTaggerError
 from fashion_tagger.inference.predict import expand_inputs

@@ -16,14 +16,14 @@ from run_fixtures import make_synthetic_dataset
 from typer.testing import CliRunner
 
 from fashion_tagger.cli import app
-from fashion_tagger.dataset.core import Dataset
-from fashion_tagger.errors import DatasetError
-from fashion_tagger.evaluation.review import (
+from fashion_tagger.curation.review import (
     ISSUES_FILE,
     page_data,
     render_page,
     write_review_page,
 )
+from fashion_tagger.dataset.core import Dataset
+from fashion_tagger.errors import DatasetError
 
 
 def issue_rows(ds: Dataset) -> list[dict]:

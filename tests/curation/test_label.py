@@ -11,17 +11,17 @@ import pyarrow.parquet as pq
 import pytest
 from run_fixtures import PATHS, draw_item, one_thread, shared_tiny_run
 
-from fashion_tagger.dataset import images
-from fashion_tagger.dataset.core import Dataset
-from fashion_tagger.dataset.info import describe
-from fashion_tagger.dataset.relabel import issues_settings, read_issues, write_issues
-from fashion_tagger.errors import DatasetError, FashionTaggerError
-from fashion_tagger.inference.label import (
+from fashion_tagger.curation.label import (
     LOW_CONFIDENCE,
     SOURCE,
     label,
     write_queue,
 )
+from fashion_tagger.curation.relabel import issues_settings, read_issues, write_issues
+from fashion_tagger.dataset import images
+from fashion_tagger.dataset.core import Dataset
+from fashion_tagger.dataset.info import describe
+from fashion_tagger.errors import DatasetError, FashionTaggerError
 from fashion_tagger.inference.tagger import Tagger
 
 ISSUES_FILE = "label_issues.parquet"
@@ -238,7 +238,7 @@ def test_user_errors_say_how_to_fix_them(run_dir, tmp_path):
 def test_accepted_queue_rows_become_ordinary_labelled_rows(run_dir, tmp_path):
     """label -> the review page's decisions -> `dataset relabel`: every row labelled, the
     queue empty, the model's taxonomy kept in dataset.json for paths no labelled row has."""
-    from fashion_tagger.dataset.relabel import relabel
+    from fashion_tagger.curation.relabel import relabel
     from fashion_tagger.taxonomy import Taxonomy
 
     make_photos(tmp_path / "photos", 12, seed=8)

@@ -1,8 +1,8 @@
 """`fashion-tagger audit`: rank every labelled row by how likely its label is wrong.
 
-How (see `audit_scoring` for the arithmetic):
+How (see `curation.scoring` for the arithmetic):
 1. Embed every image once with a frozen backbone (pretrained Lite0, or a run's own backbone with
-   its preprocessing), cached in the dataset dir (`audit_features`).
+   its preprocessing), cached in the dataset dir (`curation.features`).
 2. K-fold heads per level on those features (a small MLP; linear on request), folds grouped by
    item: out-of-fold probabilities, so no row is scored by a model that saw its label. Each
    level's probabilities are calibrated with one temperature fitted on the out-of-fold loss.
@@ -17,7 +17,7 @@ How (see `audit_scoring` for the arithmetic):
    photos far from all others (`outlier`, cleanlab's kNN out-of-distribution score).
 
 The result is `label_issues.parquet` in the dataset dir. Its format (`ISSUES_SCHEMA`,
-`write_issues`, `read_issues`) lives with the dataset dir in `dataset.relabel` and is re-exported
+`write_issues`, `read_issues`) lives in `curation.relabel` and is re-exported
 here: the review page and `label` read and write the same file.
 """
 
@@ -32,8 +32,9 @@ import numpy as np
 import pyarrow as pa
 
 from fashion_tagger import _progress
-from fashion_tagger.dataset.core import Dataset
-from fashion_tagger.dataset.relabel import (
+from fashion_tagger.curation import features as audit_features
+from fashion_tagger.curation.features import AuditError
+from fashion_tagger.curation.relabel import (
     ISSUES_FILE,
     ISSUES_SCHEMA,
     KINDS,
@@ -42,9 +43,7 @@ from fashion_tagger.dataset.relabel import (
     read_issues,
     write_issues,
 )
-from fashion_tagger.evaluation import audit_features
-from fashion_tagger.evaluation.audit_features import AuditError
-from fashion_tagger.evaluation.audit_scoring import (
+from fashion_tagger.curation.scoring import (
     DECODER,
     HeadConfig,
     PathScores,
@@ -53,6 +52,7 @@ from fashion_tagger.evaluation.audit_scoring import (
     reduce_features,
     score_paths,
 )
+from fashion_tagger.dataset.core import Dataset
 from fashion_tagger.taxonomy import Taxonomy
 
 # -- the audit --------------------------------------------------------------------------------
@@ -221,10 +221,10 @@ def audit(
         "seed": cfg.seed,
         "head": asdict(cfg.head),
         "decoder": DECODER,
-        "score": "posterior probability that the given path is wrong (audit_scoring)"
+        "score": "posterior probability that the given path is wrong (curation.scoring)"
         if cfg.level is None
         else f"posterior probability that the given {cfg.level} is wrong, the levels above "
-        "right (audit_scoring)",
+        "right (curation.scoring)",
         "level": cfg.level,
         "noise_rates": [round(float(r), 5) for r in scored.noise_rates],
         "temperatures": [round(float(t), 4) for t in scored.temperatures],
