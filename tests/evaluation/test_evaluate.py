@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from fashion_tagger.cli import app, main
 from fashion_tagger.dataset.core import Dataset
+from fashion_tagger.errors import FashionTaggerError
 from fashion_tagger.evaluation import calibrate, evaluate
 from fashion_tagger.evaluation.evaluate import EvaluationError
 from fashion_tagger.inference.tagger import Tagger
@@ -43,6 +44,7 @@ def evaluated(tiny, tmp_path_factory):
         [
             "evaluate", str(run_dir), str(data_dir), "--split", "test",
             "--json", str(out / "m.json"), "--batch-size", "16", "--no-progress",
+            "--slice-by", "size", "--slice-by", "pattern",
         ],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -123,6 +125,55 @@ def test_evaluate_matches_predict(tiny, evaluated):
     losses = [t["loss"] for t in m["top_losses"]]
     assert losses == sorted(losses, reverse=True)
     assert {t["image"] for t in m["top_losses"]} <= set(test.table.column("image").to_pylist()[1:])
+
+
+def test_slices_match_predict_per_value(tiny, evaluated):
+    """`--slice-by size` and `pattern`: each value's accuracy and macro F1 per level, recomputed
+    with scikit-learn from predict's answers on the rows carrying that value."""
+    run_dir, data_dir = tiny
+    test = Dataset.open(data_dir).split("test")
+    preds = Tagger.load(run_dir, backend="torch").predict(
+        [test.image_path(i) for i in range(1, len(test))], batch_size=7
+    )
+    true, pred = test.labels[1:], [p.labels for p in preds]
+    attrs = test.table.column("attributes").to_pylist()[1:]
+    sl = evaluated["slices"]
+    assert list(sl) == ["size", "pattern"] and sl["size"]["kind"] == "attribute"
+    assert set(sl["size"]["values"]) == {"big", "small"} and sl["size"]["n_without_value"] == 0
+    assert sl["pattern"]["n_without_value"] == sum("pattern=striped" not in a for a in attrs)
+    for name, value in (("size", "big"), ("size", "small"), ("pattern", "striped")):
+        rows = [i for i, a in enumerate(attrs) if f"{name}={value}" in a]
+        block = sl[name]["values"][value]
+        assert block["n"] == len(rows)
+        for lvl, level in enumerate(["shape", "colour"]):
+            t = [" > ".join(true[i][: lvl + 1]) for i in rows]
+            p = [" > ".join(pred[i][: lvl + 1]) for i in rows]
+            got = block["levels"][level]
+            assert got["n"] == len(rows)
+            assert got["accuracy"] == pytest.approx(skm.accuracy_score(t, p))
+            assert got["macro_f1"] == pytest.approx(skm.f1_score(t, p, average="macro"))
+            low, high = got["accuracy_ci95"]
+            assert low <= got["accuracy"] <= high
+    # the two sizes partition the split: their correct rows add up to the level's accuracy
+    for level in evaluated["levels"]:
+        right = sum(v["levels"][level["name"]]["correct"] for v in sl["size"]["values"].values())
+        assert right == round(level["accuracy"] * level["n"])
+    gaps = sl["size"]["gaps"]
+    assert gaps and all(g["gap_ci95"][0] <= g["gap"] <= g["gap_ci95"][1] for g in gaps)
+    html = (run_dir / "report.html").read_text()
+    assert '<section id="slices">' in html and "by size (attribute, 2 values)" in html
+
+
+def test_unknown_slice_is_a_one_line_error_before_the_model_loads(tiny, monkeypatch):
+    run_dir, data_dir = tiny
+    ev = sys.modules["fashion_tagger.evaluation.evaluate"]  # the module, not the function
+    monkeypatch.setattr(ev, "_tagger", lambda *a: pytest.fail("the model loaded"))
+    with pytest.raises(
+        FashionTaggerError, match=r"--slice-by 'brand'.*known names: shape, colour, pattern, size"
+    ):
+        evaluate(run_dir, data_dir, "test", slice_by=["brand"], progress=False)
+    with pytest.raises(EvaluationError, match="twice"):
+        evaluate(run_dir, data_dir, "test", slice_by=["size", "size"], progress=False)
 
 
 def test_evaluate_writes_defaults_and_the_report(tiny, evaluated):

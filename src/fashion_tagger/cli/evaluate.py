@@ -42,6 +42,12 @@ def evaluate_cmd(
     run_dir: Path = RUN,
     dataset_dir: str = DATA,
     split: str = typer.Option("test", "--split", help="Which split to evaluate on."),
+    slice_by: list[str] = typer.Option(
+        None,
+        "--slice-by",
+        help="Also score each value of NAME (a level, attribute group or meta key, e.g. colour) "
+        "separately, with the largest gaps and their 95 % intervals (repeatable).",
+    ),
     json_path: Path = typer.Option(
         None, "--json", help="Write the metrics here (default RUN_DIR/metrics.json)."
     ),
@@ -53,9 +59,13 @@ def evaluate_cmd(
     progress: bool = PROGRESS,
 ) -> None:
     """Accuracy, top-5, OP/OR/OF1 and per-class scores per level, attribute OP/OR/OF1, P@k and
-    mAP, hierarchical F1; writes metrics.json and a self-contained report.html.
+    mAP, hierarchical F1; writes metrics.json and a self-contained report.html. With
+    --slice-by, the same per value of a name (metrics.json `slices`), e.g. is the model worse
+    on pink shoes?
 
     Example: fashion-tagger evaluate runs/products data/products --split test
+
+    Example: fashion-tagger evaluate runs/footwear data/footwear --slice-by colour
     """
     from fashion_tagger.evaluation import evaluate
 
@@ -63,6 +73,7 @@ def evaluate_cmd(
         run_dir,
         dataset_dir,
         split,
+        slice_by=slice_by or (),
         batch_size=batch_size,
         json_path=json_path,
         report_path=report_path,
@@ -93,7 +104,25 @@ def evaluate_cmd(
             f"[yellow]left out[/]: {m['dataset']['n_unknown_labels']} rows with unknown labels, "
             f"{m['dataset']['n_unreadable']} unreadable images"
         )
+    for name, block in (m.get("slices") or {}).items():
+        console.print(_slice_table(name, block))
     console.print(f"wrote {m['files']['metrics']} and {m['files']['report']}")
+
+
+def _slice_table(name: str, block: dict[str, Any]) -> Table:
+    """The gaps of one --slice-by name: the values whose accuracy differs most from the rest."""
+    table = Table(
+        "value", "level", "images", "acc %", "rest acc %", "gap (95 % CI)", "meaningful",
+        title=f"by {name}: {len(block['values'])} values, largest gaps",
+    )  # fmt: skip
+    for g in block["gaps"]:
+        low, high = g["gap_ci95"]
+        table.add_row(
+            g["value"], g["level"], f"{g['n']:,}", _pct(g["accuracy"]), _pct(g["rest_accuracy"]),
+            f"{100 * g['gap']:+.1f} ({100 * low:+.1f}, {100 * high:+.1f})",
+            "yes" if g["meaningful"] else "no",
+        )  # fmt: skip
+    return table
 
 
 @app.command("calibrate")

@@ -19,9 +19,10 @@ import pyarrow as pa
 
 from fashion_tagger import _progress
 from fashion_tagger._io import write_json_atomic
+from fashion_tagger.dataset import fields
 from fashion_tagger.dataset.core import Dataset
 from fashion_tagger.errors import FashionTaggerError
-from fashion_tagger.evaluation import metrics, report, scoring
+from fashion_tagger.evaluation import metrics, report, scoring, slices
 from fashion_tagger.evaluation.curves import draw_curves
 from fashion_tagger.model import calibration as temp
 from fashion_tagger.model.decode import LeafTable
@@ -46,6 +47,8 @@ class SplitOutputs:
     n_rows: int
     n_unknown_labels: int
     unreadable: list[dict[str, str]]
+    rows: np.ndarray | None = None
+    """(N,) index of each evaluated row in the split's dataset (for slicing by its values)."""
 
 
 def _open_split(dataset_dir: str | Path, split: str) -> Dataset:
@@ -116,6 +119,7 @@ def run_split(
         n_rows=len(ds),
         n_unknown_labels=int((~keep).sum()),
         unreadable=unreadable,
+        rows=np.flatnonzero(keep)[ok],
     )
 
 
@@ -171,11 +175,36 @@ def calibration_block(
     }
 
 
+def slice_specs(ds: Dataset, names: Sequence[str]) -> list[slices.SliceSpec]:
+    """The values of each `--slice-by` name on every row of `ds` (an unknown name is an error
+    listing the known ones, raised before any model loads)."""
+    if len(set(names)) != len(names):
+        raise EvaluationError(f"--slice-by {', '.join(names)} names a slice twice")
+    out = []
+    for name in names:
+        f = fields.field(ds, name, "--slice-by")
+        out.append(slices.SliceSpec(name, f.kind, f.values))
+    return out
+
+
+def slices_block(
+    specs: Sequence[slices.SliceSpec], taxonomy: Taxonomy, out: SplitOutputs
+) -> dict[str, Any]:
+    """`slices` of metrics.json for the evaluated rows of `out` (the consistent decoded path)."""
+    rows = out.rows if out.rows is not None else np.arange(out.truth.paths.shape[0])
+    pred = LeafTable.from_taxonomy(taxonomy).best_paths(out.levels)
+    kept = [slices.SliceSpec(s.name, s.kind, [s.values[i] for i in rows]) for s in specs]
+    return slices.slice_metrics(
+        kept, out.truth.paths, pred, list(taxonomy.level_names), list(taxonomy.sizes)
+    )
+
+
 def evaluate(
     run_dir: str | Path,
     dataset_dir: str | Path,
     split: str = "test",
     *,
+    slice_by: Sequence[str] = (),
     batch_size: int = 64,
     json_path: str | Path | None = None,
     report_path: str | Path | None = None,
@@ -188,6 +217,8 @@ def evaluate(
         run_dir: the run dir (model.json + weights).
         dataset_dir: a dataset dir whose label paths are the model's (unknown paths are skipped).
         split: `train`, `val` or `test`.
+        slice_by: names (levels, attribute groups, meta keys such as `colour`) to measure each
+            value of separately: `slices` in metrics.json, and a report section.
         batch_size: images per forward pass.
         json_path: where to write the metrics (default run_dir/metrics.json).
         report_path: where to write the HTML report (default run_dir/report.html).
@@ -198,6 +229,7 @@ def evaluate(
         The metrics dict that was written (schema in docs/evaluation.md).
     """
     ds = _open_split(dataset_dir, split)  # cheap checks first: a typo fails before torch loads
+    specs = slice_specs(ds, list(slice_by))
     run, tagger = _tagger(run_dir, backend)
     out = run_split(tagger, ds, batch_size=batch_size, progress=progress)
     spec = tagger.spec
@@ -225,6 +257,8 @@ def evaluate(
         ),
         "calibration": calibration_block(spec.taxonomy, spec.temperatures, out),
     }
+    if specs:
+        result["slices"] = slices_block(specs, spec.taxonomy, out)
     if report_path is None and not run.curves.is_file():
         draw_curves(run)  # trained through the Python API: the run dir gets its curves now
     json_path = Path(json_path) if json_path else run.metrics_json

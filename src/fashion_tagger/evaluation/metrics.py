@@ -115,7 +115,6 @@ def single_label_summary(
     pc = per_class(y_true, y_pred, scores.shape[1])
     total = pc.support.sum()
     weights = pc.support / total if total else np.zeros_like(pc.precision)
-    present = (pc.support > 0) | (pc.predicted > 0)
     return {
         "n": int(y_true.size),
         "accuracy": accuracy(y_true, y_pred),
@@ -123,8 +122,56 @@ def single_label_summary(
         "OP": float(np.sum(weights * pc.precision)),
         "OR": float(np.sum(weights * pc.recall)),
         "OF1": float(np.sum(weights * pc.f1)),
-        "macro_f1": float(pc.f1[present].mean()) if present.any() else 0.0,
+        "macro_f1": macro_f1(y_true, y_pred, scores.shape[1]),
     }
+
+
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
+    """Mean F1 over the classes that occur (in truth or prediction), as `single_label_summary`
+    reports it; a prediction of -1 (no class at this level) is a miss, never a class."""
+    pc = per_class(y_true, y_pred, n_classes)
+    present = (pc.support > 0) | (pc.predicted > 0)
+    return float(pc.f1[present].mean()) if present.any() else 0.0
+
+
+#: z of a two-sided 95 % interval.
+Z95 = 1.959963984540054
+
+
+def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion k/n (Wilson 1927; Newcombe 1998, method 3).
+
+    Unlike the normal approximation it stays within [0, 1] and is honest at k = 0, k = n and
+    small n, which is where a slice of a test split usually is. (0, 1) for n = 0: nothing known.
+    """
+    if n <= 0:
+        return 0.0, 1.0
+    p = k / n
+    centre = p + z * z / (2 * n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    den = 1 + z * z / n
+    return max(0.0, (centre - half) / den), min(1.0, (centre + half) / den)
+
+
+def proportion_difference(
+    k1: int, n1: int, k2: int, n2: int, z: float = Z95
+) -> tuple[float, float, float]:
+    """p1 - p2 of two independent proportions and its 95 % interval, by Newcombe's hybrid score
+    method (1998, method 10: the Wilson intervals of both, combined). A slice against the rest
+    of a split is such a pair; an interval that excludes 0 is a gap the sample sizes support.
+
+    Returns:
+        (difference, low, high); (0, -1, 1) when either side has no rows.
+    """
+    if n1 <= 0 or n2 <= 0:
+        return 0.0, -1.0, 1.0
+    p1, p2 = k1 / n1, k2 / n2
+    l1, u1 = wilson_interval(k1, n1, z)
+    l2, u2 = wilson_interval(k2, n2, z)
+    d = p1 - p2
+    low = d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
+    high = d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+    return d, low, high
 
 
 def paired_comparison(correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, float | int]:

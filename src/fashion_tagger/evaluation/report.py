@@ -34,6 +34,7 @@ SECTIONS = (
     ("top-losses", "Top losses"),
     ("per-class", "Per class"),
     ("attributes", "Attributes"),
+    ("slices", "By slice"),
 )
 
 CSS = """
@@ -508,6 +509,73 @@ def _calibration(m: dict[str, Any]) -> str:
     )
 
 
+def _gap_table(gaps: Sequence[dict[str, Any]]) -> str:
+    rows = []
+    for g in gaps:
+        low, high = g["gap_ci95"]
+        rows.append(
+            [
+                g["value"],
+                g["level"],
+                (f"{g['n']:,}", g["n"]),
+                (_pct(g["accuracy"]), g["accuracy"]),
+                (_pct(g["rest_accuracy"]), g["rest_accuracy"]),
+                (f"{100 * g['gap']:+.1f} ({100 * low:+.1f} to {100 * high:+.1f})", g["gap"]),
+                "yes" if g["meaningful"] else "no",
+            ]
+        )
+    return _table(
+        ["value", "level", "images", "acc %", "rest acc %", "gap, points (95 % CI)", "meaningful"],
+        rows,
+        numeric=[False, False, True, True, True, True, False],
+    )
+
+
+def _slice_values(block: dict[str, Any]) -> str:
+    levels = list(next(iter(block["values"].values()))["levels"]) if block["values"] else []
+    headers = ["value", "images"]
+    for name in levels:
+        headers += [f"{name} acc % (95 % CI)", f"{name} macro F1"]
+    rows = []
+    for value, v in block["values"].items():
+        row: list[Any] = [value, (f"{v['n']:,}", v["n"])]
+        for name in levels:
+            b = v["levels"][name]
+            low, high = b["accuracy_ci95"]
+            row += [
+                (f"{_pct(b['accuracy'])} ({_pct(low)}-{_pct(high)})", b["accuracy"]),
+                (_num(b["macro_f1"]), b["macro_f1"]),
+            ]
+        rows.append(row)
+    return _table(
+        headers, rows, numeric=[False] + [True] * (len(headers) - 1), sortable=True, scroll=True
+    )
+
+
+def _slices(m: dict[str, Any]) -> str:
+    """Per --slice-by name: the largest gaps (is the model worse on one value?), then every
+    value's accuracy and macro F1 per level."""
+    sl = m.get("slices")
+    if not sl:
+        return (
+            '<p class="note">No slices were asked for: evaluate with --slice-by NAME (a level, '
+            "an attribute group or a meta key, e.g. colour) to score each value separately.</p>"
+        )
+    parts = []
+    for name, block in sl.items():
+        flagged = sum(g["meaningful"] for g in block["gaps"])
+        parts.append(
+            f"<h3>by {_e(name)} ({_e(block['kind'])}, {len(block['values'])} values)</h3>"
+            f"{_gap_table(block['gaps'])}"
+            f'<p class="note">{flagged} of these gaps are meaningful: the 95 % interval of the '
+            "difference between the value's accuracy and the rest's (Newcombe's hybrid score "
+            "interval) excludes 0. Listed most convincing first. "
+            f"{block['n_without_value']:,} images have no {_e(name)}.</p>"
+            f"{_slice_values(block)}"
+        )
+    return "".join(parts)
+
+
 def _curves(run_dir: Path | None) -> str:
     if run_dir is not None:
         paths = RunPaths(run_dir)
@@ -539,6 +607,7 @@ def render(
         "top-losses": _top_losses(m, dataset_root),
         "per-class": _per_class(m),
         "attributes": _attributes(m),
+        "slices": _slices(m),
     }
     nav = "".join(f'<a href="#{sid}">{_e(title)}</a>' for sid, title in SECTIONS)
     sections = "".join(
