@@ -13,6 +13,9 @@ from fashion_tagger.taxonomy import Taxonomy
 __all__ = [
     "Dataset",
     "FashionTaggerError",
+    "HDF5Dataset",
+    "ImageDataset",
+    "ShardDataset",
     "Tagger",
     "Taxonomy",
     "TrainConfig",
@@ -33,6 +36,9 @@ _LAZY = {
     "calibrate": "fashion_tagger.evaluation",
     "get_importer": "fashion_tagger.sources",
     "list_importers": "fashion_tagger.sources",
+    "ImageDataset": "fashion_tagger.training.datasets",
+    "HDF5Dataset": "fashion_tagger.training.datasets",
+    "ShardDataset": "fashion_tagger.training.datasets",
 }
 
 
