@@ -157,6 +157,31 @@ def test_split_keeps_existing_splits_unless_forced(tmp_path):
     assert result.forced and result.kept_images == 0
 
 
+def test_split_carves_val_from_train_when_test_exists_and_val_does_not(tmp_path):
+    specs = [(_png(i), f"i{i}", "A" if i % 2 else "B", "test" if i < 6 else "train")
+             for i in range(30)]  # fmt: skip
+    specs += [(_png(100), "i7", "A", ""), (_png(101), "new", "A", "")]  # unsplit photos
+    ds = with_images(tmp_path, specs)
+    out, r = split(ds, val=0.25, test=0.1, seed=0)
+    before, after = _col(ds, "split"), _col(out, "split")
+    assert [a for b, a in zip(before, after, strict=True) if b == "test"] == ["test"] * 6
+    assert r.val_from_train == sum(1 for b, a in zip(before, after, strict=True) if b != a and b)
+    assert r.val_from_train == 6  # 12 train items per leaf x 0.25, per leaf
+    items = _col(out, "item_id")
+    by_item = defaultdict(set)
+    for item, s in zip(items, after, strict=True):
+        by_item[item].add(s)
+    assert all(len(v) == 1 for v in by_item.values())  # i7's unsplit photo followed its item
+    assert after[-1] in ("train", "val", "test")
+    assert out.info.history[-1]["result"]["val_from_train"] == 6
+    again, _ = split(ds, val=0.25, test=0.1, seed=0)
+    assert _col(again, "split") == after  # deterministic
+    # once val exists, nothing moves; --force re-splits everything as before
+    assert split(out, val=0.25, test=0.1)[1].val_from_train == 0
+    assert split(ds, val=0.25, test=0.1, force=True)[1].val_from_train == 0
+    assert split(ds, val=0.0, test=0.1)[1].val_from_train == 0
+
+
 @pytest.mark.parametrize(("val", "test"), [(0.6, 0.5), (-0.1, 0.1), (0.2, 1.0), (0.5, 0.5)])
 def test_split_rejects_bad_fractions(tmp_path, val, test):
     with pytest.raises(DatasetError, match=r"--val|--test"):

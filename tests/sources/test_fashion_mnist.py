@@ -6,6 +6,7 @@ import functools
 import gzip
 import hashlib
 import http.server
+import json
 import threading
 from collections import Counter
 
@@ -15,6 +16,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from fashion_tagger.cli import app
+from fashion_tagger.dataset.core import Dataset
 from fashion_tagger.sources import fashion_mnist as fm
 from fashion_tagger.sources._download import DownloadError
 
@@ -72,6 +74,30 @@ def test_idx_import_keeps_the_split_and_stores_grey_pngs(tmp_path):
     assert (img.format, img.mode, img.size) == ("PNG", "L", (28, 28))
     row = ds.table.to_pylist()[3]
     assert row["labels"] == fm.labels_of(3) and row["split"] == "train"
+
+
+def test_split_adds_val_from_train_and_keeps_the_official_test(tmp_path):
+    """`dataset split --val` after the import: val comes out of train, no --force, test intact."""
+    fm.import_fashion_mnist(
+        _write_idx(tmp_path / "raw", n_train=100, n_test=20), tmp_path / "ds", workers=1,
+        progress=False,
+    )  # fmt: skip
+    before = Dataset.open(tmp_path / "ds").table.to_pylist()
+    result = CliRunner().invoke(
+        app, ["dataset", "split", str(tmp_path / "ds"), "--val", "0.2", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["val_from_train"] == 20  # 10 classes x 10 items x 0.2
+    after = Dataset.open(tmp_path / "ds").table.to_pylist()
+    for old, new in zip(before, after, strict=True):
+        assert old["image"] == new["image"]
+        if old["split"] == "test":
+            assert new["split"] == "test"  # the official test split is untouched
+        else:
+            assert new["split"] in ("train", "val")
+    per_class = Counter((r["labels"][1], r["split"]) for r in after)
+    assert all(per_class[c, "val"] == 2 and per_class[c, "train"] == 8 for c in fm.CLASSES)
+    assert Dataset.open(tmp_path / "ds").split_counts() == {"test": 20, "train": 80, "val": 20}
 
 
 def test_real_kaggle_csv_slice(tmp_path, datasets_dir):

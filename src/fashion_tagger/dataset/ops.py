@@ -70,6 +70,9 @@ class SplitResult:
     kept_images: int
     forced: bool
     counts: dict[str, dict[str, int]]
+    val_from_train: int = 0
+    """Train images moved to val because the dataset came with a test split and no val (an
+    official test split, e.g. Fashion-MNIST's, is never touched)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,6 +96,34 @@ def _quota(n: int, val: float, test: float) -> tuple[int, int]:
     return n_val, n_test
 
 
+def _carve_val(
+    items: Sequence[str], labels: Sequence[Leaf], splits: list[str], val: float, seed: int
+) -> int:
+    """Move a stratified `val` share of the train items to val, in place; returns the rows moved.
+
+    Only items all of whose split rows are train move (an item with a test photo stays put).
+    """
+    splits_of: dict[str, set[str]] = defaultdict(set)
+    for item, s in zip(items, splits, strict=True):
+        if s:
+            splits_of[item].add(s)
+    rows = [i for i, s in enumerate(splits) if s == "train" and splits_of[items[i]] == {"train"}]
+    leaf_of = _item_classes([items[i] for i in rows], [labels[i] for i in rows])
+    by_leaf: dict[Leaf, list[str]] = defaultdict(list)
+    for item, leaf in leaf_of.items():
+        by_leaf[leaf].append(item)
+    chosen: set[str] = set()
+    for leaf in sorted(by_leaf):
+        members = sorted(by_leaf[leaf])
+        n_val, _ = _quota(len(members), val, 0.0)
+        order = _rng(seed, leaf).permutation(len(members))
+        chosen.update(members[j] for j in order[:n_val])
+    moved = [i for i in rows if items[i] in chosen]
+    for i in moved:
+        splits[i] = "val"
+    return len(moved)
+
+
 def split(
     ds: Dataset, val: float, test: float, seed: int = 0, force: bool = False
 ) -> tuple[Dataset, SplitResult]:
@@ -100,6 +131,10 @@ def split(
 
     Only rows without a split are assigned unless `force`; an unsplit photo of an item that already
     has a split joins it. The same seed on the same rows gives the same split column.
+
+    A dataset that comes with a test split but no val (Fashion-MNIST's official train/test) gets
+    its val carved out of train: a `val` share of each leaf's train items moves to val, and the
+    test rows are kept as they are, without `force` (which would re-split the test rows too).
 
     Args:
         val: fraction of each leaf's items for validation.
@@ -116,6 +151,10 @@ def split(
     items = ds.table.column("item_id").to_pylist()
     labels = [tuple(p) for p in ds.labels]
     splits = [""] * len(items) if force else ds.table.column("split").to_pylist()
+    present = set(splits)
+    val_from_train = 0
+    if val > 0 and "val" not in present and {"train", "test"} <= present:
+        val_from_train = _carve_val(items, labels, splits, val, seed)
 
     # An item already (partly) split keeps its split for all its photos.
     existing: dict[str, Counter] = defaultdict(Counter)
@@ -155,9 +194,11 @@ def split(
         kept_images=kept_images,
         forced=force,
         counts=_split_counts(table),
+        val_from_train=val_from_train,
     )
     args = {"val": val, "test": test, "seed": seed, "force": force}
-    history = _history(ds, "split", args, {"assigned_images": len(todo)})
+    summary = {"assigned_images": len(todo), "val_from_train": val_from_train}
+    history = _history(ds, "split", args, summary)
     return ds.with_table(table, history=history), result
 
 

@@ -1,7 +1,8 @@
 """Import Fashion-MNIST: the four official IDX files, or Kaggle's CSV layout, or a download.
 
 Each 28x28 greyscale image is stored as a PNG, the official train/test split is kept, and the ten
-classes get a parent group so the dataset has two levels ("group", "class").
+classes get a parent group so the dataset has two levels ("group", "class"). A later
+`dataset split --val F` carves val out of train and leaves the official test split as it is.
 """
 
 from __future__ import annotations
