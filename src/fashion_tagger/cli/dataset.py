@@ -67,7 +67,8 @@ def split_cmd(
     """Assign train/val/test, stratified on the leaf class and grouped by item.
 
     Photos of one item always share a split; every leaf with 2+ items gets a val item (3+: a test
-    item too). Rows that already have a split keep it unless --force.
+    item too). Rows that already have a split keep it unless --force. A dataset that comes with a
+    test split and no val (Fashion-MNIST) gets its val carved out of train; its test rows stay.
 
     Example: fashion-tagger dataset split data/products --val 0.15 --test 0.15 --seed 0
     """
@@ -79,6 +80,10 @@ def split_cmd(
     if as_json:
         print_json(result.to_dict())
         return
+    if result.val_from_train:
+        console.print(
+            f"moved {result.val_from_train:,} train images to val; the existing test split is kept"
+        )
     if result.forced:
         console.print(f"re-split all {result.assigned_images:,} images (--force)")
     else:
