@@ -97,7 +97,7 @@ OWNED_FILES: dict[str, frozenset[str]] = {
         {"model.json", "model.safetensors", "metrics.json", "checkpoints", "logs"}
     ),
     "dataset.json": frozenset(
-        {"dataset.json", "items.parquet", "images", "crawl.db", "issues.parquet"}
+        {"dataset.json", "items.parquet", "images", "crawl.db", "issues.parquet", "review"}
     ),
 }
 

@@ -212,3 +212,22 @@ def test_relabel_and_drop_issues_commands(noisy: Dataset, tmp_path: Path) -> Non
         app, ["dataset", "filter", str(noisy.root), "--drop-issues", "--json"]
     )
     assert json.loads(drop.stdout)["dropped"] == 1  # row 1 was reviewed, row 0 was not
+
+
+def test_relabel_without_a_file_applies_the_decisions_the_review_stored(noisy: Dataset) -> None:
+    from fashion_tagger.curation.journal import Decision, Journal
+
+    with pytest.raises(DecisionsError, match="fashion-tagger review"):
+        relabel(noisy.root)  # nothing stored yet: says how to store some
+    images = noisy.table.column("image").to_pylist()
+    j = Journal(noisy.root)
+    for i in NOISY:
+        j.append(Decision(images[i], "accept", item_id=f"it{i}", labels=tuple(TRUE[i])))
+    j.append(Decision(images[0], "reject", labels=tuple(TRUE[0])))
+    j.append(Decision(images[1], "reject", labels=tuple(NOISY[1])))  # changed its mind
+    result = relabel(noisy.root)
+    assert (result.accepted, result.rejected, result.changed) == (2, 2, 2)
+    ds = Dataset.open(noisy.root)
+    assert ds.labels == [NOISY.get(i, p) if i == 1 else p for i, p in enumerate(TRUE)]
+    assert ds.meta(1)["review"]["decision"] == "reject" and "label_history" not in ds.meta(1)
+    assert relabel(noisy.root).already_applied  # the same stored decisions, the same change set

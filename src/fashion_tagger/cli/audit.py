@@ -131,8 +131,11 @@ def _print_audit(result: AuditResult, page: Path | None, directory: Path, top: i
 @dataset_app.command("relabel")
 def relabel_cmd(
     directory: Path = DIR,
-    decisions: Path = typer.Option(
-        ..., "--decisions", help="The review page's decisions file (JSON)."
+    decisions: Path | None = typer.Option(
+        None,
+        "--decisions",
+        help="The review page's exported decisions file (JSON); default: the decisions "
+        "`fashion-tagger review DIR` stored in DIR/review/decisions.jsonl.",
     ),
     as_json: bool = JSON,
 ) -> None:
@@ -140,8 +143,9 @@ def relabel_cmd(
 
     Each changed row keeps its previous labels in meta.label_history; every reviewed row records
     its decision in meta.review; dataset.json lists each change set (sha256 of the decisions).
-    Applying the same file again changes nothing. A bad file changes nothing either.
+    Applying the same decisions again changes nothing. A bad file changes nothing either.
 
+    Example: fashion-tagger dataset relabel data/products
     Example: fashion-tagger dataset relabel data/products --decisions decisions.json
     """
     from fashion_tagger.curation.relabel import relabel

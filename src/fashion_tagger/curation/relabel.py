@@ -5,8 +5,10 @@
 review page and by `drop_issues`. `relabel` applies the decisions the review page exports,
 without losing anything; `drop_issues` removes the flagged rows nobody decided on.
 
-The decisions file (written by the review page, read by `dataset relabel --decisions FILE`) is
-JSON: a list of decisions, or an object whose `decisions` key holds that list. One decision:
+The decisions file (exported by the review page, read by `dataset relabel --decisions FILE`) is
+JSON: a list of decisions, or an object whose `decisions` key holds that list. Without a file,
+`relabel` reads the decisions the review server stored in the dataset dir (`curation.journal`),
+in the same format. One decision:
 
     {"image": "images/ab/ab12....jpg",          # the row's `image`, as in label_issues.parquet
      "item_id": "15970",                        # optional; disambiguates a shared image
@@ -39,6 +41,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fashion_tagger._io import atomic_path
+from fashion_tagger.curation import journal
 from fashion_tagger.dataset import manifest
 from fashion_tagger.dataset.core import Dataset
 from fashion_tagger.errors import DatasetError
@@ -181,6 +184,17 @@ def _load(decisions: str | Path | Sequence[dict[str, Any]]) -> list[dict[str, An
     return data
 
 
+def _stored(dataset_dir: str | Path) -> list[dict[str, Any]]:
+    """The review server's decisions, or an error saying how to make some."""
+    data = journal.stored_decisions(dataset_dir)
+    if not data:
+        raise DecisionsError(
+            f"{Path(dataset_dir) / journal.JOURNAL_FILE} holds no decisions: review the rows "
+            f"with `fashion-tagger review {dataset_dir}`, or pass --decisions FILE"
+        )
+    return data
+
+
 def _check(data: list[Any], ds: Dataset) -> list[tuple[list[int], str, tuple[str, ...] | None]]:
     """Each decision as (manifest rows, decision, new path); raises on the first bad one."""
     rows_of: dict[str, list[int]] = {}
@@ -234,18 +248,19 @@ def _set_column(table: pa.Table, name: str, values: list[Any]) -> pa.Table:
 
 
 def relabel(
-    dataset_dir: str | Path, decisions: str | Path | Sequence[dict[str, Any]]
+    dataset_dir: str | Path, decisions: str | Path | Sequence[dict[str, Any]] | None = None
 ) -> RelabelResult:
     """Apply accepted label fixes to a dataset dir, keeping the old labels in each row's meta.
 
     Args:
-        decisions: a decisions file (see the module docstring) or its parsed list.
+        decisions: a decisions file (see the module docstring) or its parsed list; None: the
+            decisions the review server stored in the dataset dir (`review/decisions.jsonl`).
 
     Returns:
         Counts; `already_applied` when this change set was applied before (nothing written).
     """
     ds = Dataset.open(dataset_dir)
-    data = _load(decisions)
+    data = _stored(dataset_dir) if decisions is None else _load(decisions)
     checked = _check(data, ds)
     cs = change_set_id(data)
     counts = Counter(d for _, d, _ in checked)
