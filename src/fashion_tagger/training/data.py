@@ -1,14 +1,19 @@
 """Training data: images decoded once at the training size, targets, batches, augmentation.
 
 CPU training is data-bound if every step decodes JPEGs, so each split is decoded once (in
-parallel, with `Image.draft`) into one uint8 array (N, C, H, W) kept in memory and saved as a
-.npy cache; a batch is then a fancy index into that array. Augmentation runs on the batch tensor
+parallel, with `Image.draft`) into one uint8 array (N, C, H, W) in an uncompressed .npy cache
+on disk, written once (temp file + rename) and memory-mapped read-only: the page cache holds the
+pixels, not the process, so training memory does not grow with the dataset, and processes that
+map one cache share its pages. A batch is a fancy index into that map. Augmentation runs on the batch tensor
 (flip, brightness/contrast, shift-scale-rotate, blur, noise), so it costs a few vectorised ops.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_all_start_methods, get_context
@@ -30,8 +35,11 @@ CHUNK = 256
 
 @dataclass
 class SplitArrays:
-    """One split in memory: pixels (N, C, H, W) uint8, level targets (N, L) int64 (-1 = masked),
-    attribute targets (N, A) float32."""
+    """One split: pixels (N, C, H, W) uint8, level targets (N, L) int64 (-1 = masked),
+    attribute targets (N, A) float32.
+
+    `images` is a read-only memory map of the on-disk cache: the page cache holds the pixels,
+    shared by every process that maps the file, and a batch reads only its own rows."""
 
     images: np.ndarray
     levels: np.ndarray
@@ -41,51 +49,154 @@ class SplitArrays:
         return len(self.levels)
 
 
-def _decode_chunk(root: str, rels: list[str], spec: ModelSpec) -> tuple[np.ndarray, list[int]]:
-    """Worker: decode images at the model size; returns the stack and the failed positions."""
+def _decode_chunk(root: str, rels: list[str], spec: ModelSpec, out: str, start: int) -> list[int]:
+    """Worker: decode images at the model size straight into rows `start...` of the .npy at
+    `out` (memory-mapped, so no pixels travel back through a pipe); returns failed positions."""
     from fashion_tagger.model.preprocess import decode_for_model, to_uint8
 
-    h, w = spec.input_size
-    out = np.zeros((len(rels), spec.channels, h, w), dtype=np.uint8)
+    pixels = np.load(out, mmap_mode="r+")
     bad = []
-    for i, rel in enumerate(rels):
-        try:
-            out[i] = to_uint8(decode_for_model(Path(root) / rel, spec), spec)
-        except Exception:  # a broken file must not stop training; reported by count
-            bad.append(i)
-    return out, bad
+    try:
+        for i, rel in enumerate(rels):
+            try:
+                pixels[start + i] = to_uint8(decode_for_model(Path(root) / rel, spec), spec)
+            except Exception:  # a broken file must not stop training; reported by count
+                bad.append(i)
+        pixels.flush()
+    finally:
+        del pixels
+    return bad
 
 
 def decode_images(
-    root: Path, rels: list[str], spec: ModelSpec, workers: int, progress: bool, label: str
+    root: Path,
+    rels: list[str],
+    spec: ModelSpec,
+    workers: int,
+    progress: bool,
+    label: str,
+    out: Path | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Decode every image into one uint8 array; returns (array, ok mask)."""
+    """Decode every image into one uint8 .npy file at `out` (a private temp file, unlinked
+    once mapped, when None); returns (the file memory-mapped read-only, ok mask).
+
+    Workers write their rows into the file themselves, so the process's own memory does not
+    grow with the number of images: the pixels are file pages the kernel may write back."""
     h, w = spec.input_size
-    out = np.zeros((len(rels), spec.channels, h, w), dtype=np.uint8)
-    ok = np.ones(len(rels), dtype=bool)
-    chunks = [(i, rels[i : i + CHUNK]) for i in range(0, len(rels), CHUNK)]
-    with _progress.bar(f"decoding {label} images", total=len(rels), enabled=progress) as bar:
+    private = out is None
+    if private:
+        fd, name = tempfile.mkstemp(prefix=f"decode-{label}-", suffix=".npy")
+        os.close(fd)
+        out = Path(name)
+    try:
+        np.lib.format.open_memmap(
+            out, mode="w+", dtype=np.uint8, shape=(len(rels), spec.channels, h, w)
+        ).flush()
+        ok = np.ones(len(rels), dtype=bool)
+        chunks = [(i, rels[i : i + CHUNK]) for i in range(0, len(rels), CHUNK)]
+        with _progress.bar(f"decoding {label} images", total=len(rels), enabled=progress) as bar:
 
-        def take(start: int, arr: np.ndarray, bad: list[int]) -> None:
-            out[start : start + len(arr)] = arr
-            for b in bad:
-                ok[start + b] = False
-            bar.advance(len(arr))
+            def take(start: int, n: int, bad: list[int]) -> None:
+                for b in bad:
+                    ok[start + b] = False
+                bar.advance(n)
 
-        if workers <= 1 or len(chunks) <= 1:
-            for start, part in chunks:
-                take(start, *_decode_chunk(str(root), part, spec))
-        else:
-            # fork: no re-import of the caller's __main__; the workers touch only PIL and numpy
-            ctx = get_context("fork" if "fork" in get_all_start_methods() else "spawn")
-            with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-                futures = [
-                    (start, pool.submit(_decode_chunk, str(root), part, spec))
-                    for start, part in chunks
-                ]
-                for start, fut in futures:
-                    take(start, *fut.result())
-    return out, ok
+            if workers <= 1 or len(chunks) <= 1:
+                for start, part in chunks:
+                    take(start, len(part), _decode_chunk(str(root), part, spec, str(out), start))
+            else:
+                # fork: no re-import of the caller's __main__; the workers touch only PIL and numpy
+                ctx = get_context("fork" if "fork" in get_all_start_methods() else "spawn")
+                with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+                    futures = [
+                        (start, len(part), pool.submit(
+                            _decode_chunk, str(root), part, spec, str(out), start
+                        ))
+                        for start, part in chunks
+                    ]  # fmt: skip
+                    for start, n, fut in futures:
+                        take(start, n, fut.result())
+        return np.load(out, mmap_mode="r"), ok
+    finally:
+        if private:  # the mapping keeps the data alive; the name goes now
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(out)
+
+
+def _compact(pixels: np.ndarray, ok: np.ndarray, out: Path) -> None:
+    """The rows of `pixels` where `ok`, written to the .npy at `out` a chunk at a time."""
+    keep = np.flatnonzero(ok)
+    dst = np.lib.format.open_memmap(
+        out, mode="w+", dtype=np.uint8, shape=(len(keep), *pixels.shape[1:])
+    )
+    for i in range(0, len(keep), CHUNK):
+        dst[i : i + CHUNK] = pixels[keep[i : i + CHUNK]]
+    dst.flush()
+    del dst
+
+
+def cache_paths(split: str, rels: list[str], spec: ModelSpec, cache_dir: Path) -> tuple[Path, Path]:
+    """(pixels .npy, ok-mask .npy) of a split's decoded cache, keyed by its images and the
+    input spec; the pixel file holds only the readable images, the mask says which those are."""
+    h, w = spec.input_size
+    # bilinear adds nothing to the key, so caches written before the filter was a choice stay valid
+    pre = f"{h}x{w}x{spec.channels}-{spec.resize}"
+    pre += "" if spec.interpolation == "bilinear" else f"-{spec.interpolation}"
+    key = hashlib.sha256("\n".join([pre, *rels]).encode()).hexdigest()[:16]
+    stem = f"{split}-{h}x{w}x{spec.channels}-{key}"
+    return Path(cache_dir) / f"{stem}.npy", Path(cache_dir) / f"{stem}.ok.npy"
+
+
+def _read_cache(cache: Path, ok_file: Path, n: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The cache memory-mapped and its mask, or None when it is absent or does not fit."""
+    if not (cache.is_file() and ok_file.is_file()):
+        return None
+    try:
+        ok = np.load(ok_file)
+        pixels = np.load(cache, mmap_mode="r")
+    except (OSError, ValueError):
+        return None  # damaged: decoded again and replaced
+    if ok.shape != (n,) or ok.dtype != bool or len(pixels) != int(ok.sum()):
+        return None
+    return pixels, ok
+
+
+def _compacted(pixels: np.ndarray, ok: np.ndarray, beside: Path | None) -> np.ndarray:
+    """`pixels[ok]` as a new read-only map (a temp file beside `beside`, or in the system temp
+    dir, unlinked once mapped): never a copy in the process's memory."""
+    fd, name = tempfile.mkstemp(dir=beside, prefix="compact-", suffix=".npy")
+    os.close(fd)
+    try:
+        _compact(pixels, ok, Path(name))
+        return np.load(name, mmap_mode="r")
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
+
+
+def _write_cache(
+    root: Path, rels: list[str], spec: ModelSpec, paths: tuple[Path, Path], workers: int,
+    progress: bool, split: str,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Decode into a temp file beside the cache and rename it into place, the mask first (the
+    pixel file, renamed last, vouches for both); unreadable rows are compacted out."""
+    cache, ok_file = paths
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(cache) as tmp:
+        pixels, ok = decode_images(root, rels, spec, workers, progress, split, out=tmp)
+        if not ok.all():
+            fd, dense = tempfile.mkstemp(dir=cache.parent, prefix="compact-", suffix=".npy")
+            os.close(fd)
+            try:
+                _compact(pixels, ok, Path(dense))
+                os.replace(dense, tmp)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(dense)
+        del pixels
+        with atomic_path(ok_file) as tmp_ok, open(tmp_ok, "wb") as f:
+            np.save(f, ok)
+    return np.load(cache, mmap_mode="r"), ok
 
 
 def encode_targets(
@@ -117,11 +228,12 @@ def load_split(
     progress: bool,
     write_cache: bool = True,
 ) -> tuple[SplitArrays, int]:
-    """A split as arrays, decoded once and cached as .npy keyed by its images and the input
-    spec; returns the arrays and the number of unreadable images dropped.
+    """A split as arrays, decoded once into an uncompressed .npy cache keyed by its images and
+    the input spec, and memory-mapped read-only (never loaded whole); returns the arrays and
+    the number of unreadable images dropped.
 
     `write_cache=False` (ranks other than 0 of a distributed run) reads the cache when it is
-    there and otherwise decodes in memory, so only rank 0 ever writes."""
+    there and otherwise decodes into a private temp file, so only rank 0 ever writes."""
     part = ds.split(split).labelled()
     if len(part) == 0:
         raise DatasetError(
@@ -129,24 +241,20 @@ def load_split(
             f"fashion-tagger dataset split {ds.root} --val 0.15 --test 0.15"
         )
     rels = part.table.column("image").to_pylist()
-    h, w = spec.input_size
-    # bilinear adds nothing to the key, so caches written before the filter was a choice stay valid
-    pre = f"{h}x{w}x{spec.channels}-{spec.resize}"
-    pre += "" if spec.interpolation == "bilinear" else f"-{spec.interpolation}"
-    key = hashlib.sha256("\n".join([pre, *rels]).encode()).hexdigest()[:16]
-    cache = Path(cache_dir) / f"{split}-{h}x{w}x{spec.channels}-{key}.npz"
-    if cache.is_file():
-        with np.load(cache) as z:
-            pixels, ok = z["images"], z["ok"]
+    paths = cache_paths(split, rels, spec, cache_dir)
+    found = _read_cache(*paths, len(rels))
+    if found is not None:
+        pixels, ok = found
     else:
         root = part.local_images(progress=progress)  # fetched first when on object storage
-        pixels, ok = decode_images(root, rels, spec, workers, progress, split)
         if write_cache:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(cache) as tmp, open(tmp, "wb") as f:
-                np.savez(f, images=pixels, ok=ok)
+            pixels, ok = _write_cache(root, rels, spec, paths, workers, progress, split)
+        else:
+            pixels, ok = decode_images(root, rels, spec, workers, progress, split)
+            if not ok.all():
+                pixels = _compacted(pixels, ok, None)
     levels, attrs = encode_targets(part, spec.taxonomy, spec.attribute_names)
-    return SplitArrays(pixels[ok], levels[ok], attrs[ok]), int((~ok).sum())
+    return SplitArrays(pixels, levels[ok], attrs[ok]), int((~ok).sum())
 
 
 class BatchDataset(torch.utils.data.Dataset):
@@ -165,8 +273,11 @@ class BatchDataset(torch.utils.data.Dataset):
     def __getitem__(self, idx):
         if isinstance(idx, list):
             idx = np.asarray(idx)
+        pixels = np.ascontiguousarray(self.images[idx])
+        if not pixels.flags.writeable:  # one row of the read-only map: torch wants its own copy
+            pixels = pixels.copy()
         return (
-            torch.from_numpy(np.ascontiguousarray(self.images[idx])),
+            torch.from_numpy(pixels),
             torch.from_numpy(np.ascontiguousarray(self.levels[idx])),
             torch.from_numpy(np.ascontiguousarray(self.attributes[idx])),
         )
