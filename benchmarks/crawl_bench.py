@@ -40,7 +40,7 @@ def _cmd(
     return [
         *CLI, "crawl", "vinted", "--base-url", fake.url, "--out", str(out),
         "--per-category", str(per_category), "--delay", str(delay),
-        "--concurrency", str(concurrency), "--no-progress", "--json",
+        "--concurrency", str(concurrency), "--allow-private-hosts", "--no-progress", "--json",
     ]  # fmt: skip
 
 

@@ -14,11 +14,14 @@ def fast(fake: FakeVinted, per_category: int = 10, **kw) -> CrawlConfig:
     pol = {
         "delay": 0.0,
         "concurrency": 2,
+        "photo_delay": 0.0,
+        "photo_concurrency": 2,
         "timeout": 2.0,
         "backoff": 0.01,
         "block_pause": 0.05,
         **kw.pop("politeness", {}),
     }
+    kw.setdefault("allow_private_hosts", True)  # the fake listens on 127.0.0.1
     return CrawlConfig(
         base_url=fake.url, per_category=per_category, politeness=Politeness(**pol), **kw
     )

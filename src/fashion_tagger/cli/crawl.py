@@ -39,8 +39,21 @@ KEEP_ALL = _opt(False, "--keep-all", help="Keep non-fashion branches (Home, Beau
 LIST_ONLY = _opt(
     False, "--list-categories", help="Print the category tree with item counts and exit."
 )
-CONCURRENCY = _opt(_P.concurrency, "--concurrency", help="Requests in flight at once.")
-DELAY = _opt(_P.delay, "--delay", help="Seconds between request starts.")
+CONCURRENCY = _opt(_P.concurrency, "--concurrency", help="API requests in flight at once.")
+DELAY = _opt(_P.delay, "--delay", help="Seconds between API request starts.")
+PHOTO_CONCURRENCY = _opt(
+    _P.photo_concurrency,
+    "--photo-concurrency",
+    help="Photo downloads in flight at once, per image host (its own budget, not the API's).",
+)
+PHOTO_DELAY = _opt(
+    _P.photo_delay, "--photo-delay", help="Seconds between photo download starts, per image host."
+)
+ALLOW_PRIVATE = _opt(
+    False,
+    "--allow-private-hosts",
+    help="Let the crawl reach private and loopback addresses (a test server on 127.0.0.1).",
+)
 MAX_REQUESTS = _opt(None, "--max-requests", help="Stop (resumably) after this many requests.")
 IMAGE_SIZE = _opt(_C.image_size, "--image-size", help="Longest side of stored photos.")
 QUALITY = _opt(_C.quality, "--quality", help="JPEG quality of stored photos.")
@@ -76,6 +89,9 @@ def crawl_vinted_cmd(
     list_only: bool = LIST_ONLY,
     concurrency: int = CONCURRENCY,
     delay: float = DELAY,
+    photo_concurrency: int = PHOTO_CONCURRENCY,
+    photo_delay: float = PHOTO_DELAY,
+    allow_private_hosts: bool = ALLOW_PRIVATE,
     max_requests: int = MAX_REQUESTS,
     image_size: int = IMAGE_SIZE,
     quality: int = QUALITY,
@@ -89,7 +105,9 @@ def crawl_vinted_cmd(
 ) -> None:
     """Crawl Vinted listings and photos into a dataset dir; re-run the same command to resume.
 
-    Exit code 3 means the site's bot protection blocked the crawl: the state is kept.
+    API calls and photo downloads have separate politeness budgets (--delay/--concurrency for
+    the API, --photo-delay/--photo-concurrency per image host). Exit code 3 means the site's bot
+    protection blocked the crawl: the state is kept.
 
     Example: fashion-tagger crawl vinted --out data/vinted --domain fr --per-category 300
     """
@@ -104,9 +122,12 @@ def crawl_vinted_cmd(
         all_photos=all_photos,
         unisex=unisex,
         save_every=save_every,
+        allow_private_hosts=allow_private_hosts,
         politeness=Politeness(
             delay=delay,
             concurrency=concurrency,
+            photo_delay=photo_delay,
+            photo_concurrency=photo_concurrency,
             timeout=timeout,
             block_pause=block_pause,
             max_requests=max_requests,

@@ -1,13 +1,17 @@
 """Downloads for importers: a cache folder, checksummed files, and bounded fetches of one image.
 
 A file is streamed to a temp file beside its target and renamed only once its checksum matches,
-so the cache never holds a partial or wrong file under a final name.
+so the cache never holds a partial or wrong file under a final name. Every request, each
+redirect's included, goes through the project's one address guard (`fashion_tagger._net`)
+before it connects.
 """
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 from fashion_tagger import _progress
 from fashion_tagger._io import atomic_path
@@ -41,23 +45,63 @@ def _algorithm(checksum: str) -> str:
     return {32: "md5", 64: "sha256"}.get(len(checksum)) or "sha256"
 
 
-def fetch(url: str, target: Path, checksum: str | None, *, progress: bool = True) -> Path:
+def guard_hook(allow_private: bool | None, url: str, how_to_allow: str) -> Any:
+    """An httpx request hook checking every request with `_net.check_request_url`.
+
+    `allow_private`: True lets every host through; False checks them all; None trusts the host
+    of `url` itself (an address the user typed, such as `--base-url`) and checks every other
+    one, so a redirect cannot lead the download into the local network.
+    """
+    from fashion_tagger._net import check_request_url
+
+    named = urlsplit(url).netloc
+
+    def hook(request: Any) -> None:
+        trusted = allow_private or (allow_private is None and request.url.netloc.decode() == named)
+        check_request_url(str(request.url), bool(trusted), how_to_allow)
+
+    return hook
+
+
+def fetch(
+    url: str,
+    target: Path,
+    checksum: str | None,
+    *,
+    progress: bool = True,
+    allow_private: bool | None = None,
+    how_to_allow: str = "--allow-private-hosts",
+    transport: Any = None,
+) -> Path:
     """Download `url` to `target` unless a file with the right checksum is there already.
 
+    Args:
+        allow_private: whether private, loopback and link-local hosts may be reached (see
+            `guard_hook`; None trusts only the host of `url`, which the caller named).
+        how_to_allow: the caller's opt-in flag, named in the refusal.
+        transport: an httpx transport (tests count the connections it is asked for).
+
     Raises:
-        DownloadError: the server failed, or the bytes do not match `checksum` (nothing is kept).
+        DownloadError: the server failed, the address was refused (before connecting), or the
+            bytes do not match `checksum` (nothing is kept).
     """
     import httpx
+
+    from fashion_tagger._net import UrlError
 
     if target.is_file() and (
         checksum is None or file_digest(target, _algorithm(checksum)) == checksum.lower()
     ):
         return target
     h = hashlib.new(_algorithm(checksum)) if checksum else None
+    hook = guard_hook(allow_private, url, how_to_allow)
     try:
         with (
+            httpx.Client(
+                timeout=60, event_hooks={"request": [hook]}, trust_env=False, transport=transport
+            ) as client,
             atomic_path(target) as tmp,
-            httpx.stream("GET", url, follow_redirects=True, timeout=60) as resp,
+            client.stream("GET", url, follow_redirects=True) as resp,
         ):
             resp.raise_for_status()
             total = int(resp.headers.get("content-length") or 0) or None
@@ -79,6 +123,8 @@ def fetch(url: str, target: Path, checksum: str | None, *, progress: bool = True
         raise DownloadError(
             f"could not download {url}: {exc}. Check the network or pass the files' folder as SRC."
         ) from exc
+    except UrlError as exc:
+        raise DownloadError(f"could not download {url}: {exc}") from exc
     return target
 
 

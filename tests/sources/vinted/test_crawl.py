@@ -114,7 +114,8 @@ runner = CliRunner()
 
 def test_cli_crawl_status_and_list(tmp_path):
     with FakeVinted(categories=2, items_per_category=3) as fake:
-        base = ["crawl", "vinted", "--base-url", fake.url, "--delay", "0", "--no-progress"]
+        base = ["crawl", "vinted", "--base-url", fake.url, "--delay", "0", "--photo-delay", "0"]
+        base += ["--allow-private-hosts", "--no-progress"]
         listed = runner.invoke(app, [*base, "--list-categories"])
         assert listed.exit_code == 0, listed.output
         assert "Sneakers [20000] (3 items)" in listed.output and "(excluded)" in listed.output

@@ -149,6 +149,9 @@ def test_bot_wall_stops_with_exit_3_then_resumes(tmp_path):
             "4",
             "--block-pause",
             "0.05",
+            "--photo-delay",
+            "0",
+            "--allow-private-hosts",
             "--no-progress",
         ]
         res = CliRunner().invoke(app, args)

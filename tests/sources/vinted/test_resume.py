@@ -28,7 +28,8 @@ def _start(fake: FakeVinted, out) -> subprocess.Popen:
         "from fashion_tagger.cli import main; main()",
         "crawl", "vinted", "--base-url", fake.url, "--out", str(out),
         "--per-category", str(PER_CATEGORY), "--delay", "0",
-        "--concurrency", str(CONCURRENCY), "--save-every", "5", "--no-progress",
+        "--concurrency", str(CONCURRENCY), "--photo-concurrency", str(CONCURRENCY),
+        "--photo-delay", "0", "--save-every", "5", "--allow-private-hosts", "--no-progress",
     ]  # fmt: skip
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 

@@ -40,6 +40,7 @@ from fashion_tagger.sources.vinted.session import (
     FetchError,
     Politeness,
     Session,
+    connections,
 )
 from fashion_tagger.sources.vinted.state import DonePhoto, State
 from fashion_tagger.sources.vinted.wire import WireTransport, pending_answers
@@ -70,6 +71,8 @@ class CrawlConfig:
             once per category (`keep-both`).
         save_every: rewrite the manifest after this many new photos.
         politeness: delays, concurrency, retries and bounds of the HTTP session.
+        allow_private_hosts: let the crawl reach private and loopback addresses (a fake
+            marketplace on 127.0.0.1); without it they are refused before connecting.
     """
 
     domain: str = "fr"
@@ -83,6 +86,7 @@ class CrawlConfig:
     unisex: str = "relabel"
     save_every: int = 200
     politeness: Politeness = field(default_factory=Politeness)
+    allow_private_hosts: bool = False
 
     def __post_init__(self) -> None:
         if self.per_category < 1:
@@ -323,6 +327,8 @@ class _Run:
         if self.stop:
             return
         photos = state.photos_to_fetch()
+        # as many workers as the photo budgets let through: the limiters do the pacing
+        n = cfg.politeness.photo_concurrency
         with _progress.bar("photos", len(photos), self.progress) as bar:
             await _pool(photos, lambda p: self._photo(session, p, bar), n, self.stop)
 
@@ -441,9 +447,11 @@ def crawl_vinted(
             run = _Run(out, config, state, progress)
             started = time.monotonic()
             wire = WireTransport(
-                out / JOURNAL_DIR, pol.timeout, pol.concurrency + 2, pass_fds=(lock_fd,)
+                out / JOURNAL_DIR, pol.timeout, connections(pol), pass_fds=(lock_fd,)
             )
-            session = Session(config.url, pol, transport=wire)
+            session = Session(
+                config.url, pol, transport=wire, allow_private=config.allow_private_hosts
+            )
 
             async def main() -> None:
                 async with session:
@@ -506,7 +514,9 @@ def _unreachable(url: str, exc: FetchError, out: Path | None = None) -> CrawlErr
 
 
 async def _list(config: CrawlConfig) -> list[str]:
-    async with Session(config.url, config.politeness) as session:
+    async with Session(
+        config.url, config.politeness, allow_private=config.allow_private_hosts
+    ) as session:
         try:
             page = await session.home()
         except FetchError as exc:

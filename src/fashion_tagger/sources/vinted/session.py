@@ -1,9 +1,12 @@
-"""A polite HTTP session with the marketplace: one client, one cookie, one rate limit.
+"""A polite HTTP session with the marketplace: one client, one cookie, two politeness budgets.
 
 Everything a well-behaved client of the site does lives here, so the crawler only asks for a
 page or a photo: a browser-like User-Agent; the home page's cookie, fetched again only on 401
-(or 403 `{"code": 100}`), a bounded number of times; one global delay between request starts
-across all workers; 429 answered by waiting Retry-After (capped) or an exponential backoff with
+(or 403 `{"code": 100}`), a bounded number of times; one delay between the starts of API
+requests across all workers, and a separate budget per photo host (the image CDN is not the
+API: its own delay and concurrency, so photos are neither held back by the API's delay nor
+allowed to speed the API up); every request checked by the address guard before it connects
+(`_polite.async_guard`); 429 answered by waiting Retry-After (capped) or an exponential backoff with
 jitter; 5xx, timeouts and malformed JSON retried a bounded number of times; and the bot wall
 (403 with an HTML page) answered by one pause for every worker, then one retry, then `Blocked`.
 """
@@ -13,14 +16,15 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import httpx
 
+from fashion_tagger._net import UrlError
 from fashion_tagger.errors import FashionTaggerError
+from fashion_tagger.sources._polite import Limiter, Limiters, async_guard
 from fashion_tagger.sources.vinted import api
 
 
@@ -29,8 +33,12 @@ class Politeness:
     """How hard the crawler may push the site.
 
     Attributes:
-        delay: seconds between the starts of two requests, across all workers.
-        concurrency: requests in flight at once.
+        delay: seconds between the starts of two API requests (home page included), across all
+            workers.
+        concurrency: API requests in flight at once.
+        photo_delay: seconds between the starts of two photo downloads from one host (the
+            image CDN), independent of `delay`.
+        photo_concurrency: photo downloads in flight at once, per host.
         timeout: seconds before a request is given up (and retried).
         retries: tries after the first for 429, 5xx, timeouts and malformed JSON.
         backoff: base seconds of the exponential backoff (doubled per try, with jitter).
@@ -42,6 +50,8 @@ class Politeness:
 
     delay: float = 1.0
     concurrency: int = 2
+    photo_delay: float = 0.1
+    photo_concurrency: int = 4
     timeout: float = 20.0
     retries: int = 4
     backoff: float = 1.0
@@ -55,6 +65,10 @@ class Politeness:
             raise FashionTaggerError("--delay must be 0 or more seconds")
         if self.concurrency < 1:
             raise FashionTaggerError("--concurrency must be at least 1")
+        if self.photo_delay < 0:
+            raise FashionTaggerError("--photo-delay must be 0 or more seconds")
+        if self.photo_concurrency < 1:
+            raise FashionTaggerError("--photo-concurrency must be at least 1")
         if self.max_requests is not None and self.max_requests < 1:
             raise FashionTaggerError("--max-requests must be at least 1 (or left out)")
         if self.timeout <= 0 or self.retries < 0 or self.block_pause < 0:
@@ -79,13 +93,18 @@ class FetchError(Exception):
 
 
 class Session:
-    """The one HTTP client of a crawl. Use as `async with Session(base_url, politeness) as s`."""
+    """The one HTTP client of a crawl. Use as `async with Session(base_url, politeness) as s`.
+
+    `allow_private` lets requests reach private and loopback addresses (`--allow-private-hosts`,
+    for a fake marketplace on 127.0.0.1); without it they are refused before connecting.
+    """
 
     def __init__(
         self,
         base_url: str,
         politeness: Politeness,
         transport: httpx.AsyncBaseTransport | None = None,
+        allow_private: bool = False,
     ) -> None:
         self.base_url = base_url.rstrip("/") + "/"
         self.host = urlsplit(self.base_url).netloc
@@ -95,16 +114,19 @@ class Session:
         self.cookies: dict[str, str] = {}
         self._cookie_gen = 0
         self._cookie_lock = asyncio.Lock()
-        self._slot_lock = asyncio.Lock()
-        self._next_start = 0.0
-        self._paused_until = 0.0
+        self._budget_lock = asyncio.Lock()
+        self.api = Limiter(politeness.delay, politeness.concurrency)
+        self.photos = Limiters(politeness.photo_delay, politeness.photo_concurrency)
+        """One photo budget per host: `self.photos(host)`."""
         self._transport = transport
-        limits = httpx.Limits(max_connections=politeness.concurrency + 2)
+        limits = httpx.Limits(max_connections=connections(politeness))
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(politeness.timeout),
             limits=limits,
             follow_redirects=True,
             transport=transport,
+            event_hooks={"request": [async_guard(allow_private)]},
+            trust_env=False,
         )
 
     async def __aenter__(self) -> Session:
@@ -158,17 +180,16 @@ class Session:
     def _backoff(self, attempt: int) -> float:
         return min(60.0, self.p.backoff * 2 ** (attempt - 1)) * (0.5 + random.random())
 
-    async def _start(self) -> None:
-        """Wait for this request's slot: the global delay, any bot-wall pause, the budget."""
-        async with self._slot_lock:
+    async def _count(self) -> None:
+        """Count this request against --max-requests (API and photos alike)."""
+        async with self._budget_lock:
             if self.p.max_requests is not None and self.requests >= self.p.max_requests:
                 raise BudgetSpent
             self.requests += 1
-            now = time.monotonic()
-            start = max(now, self._next_start, self._paused_until)
-            self._next_start = start + self.p.delay
-        if start > now:
-            await asyncio.sleep(start - now)
+
+    def limiter(self, kind: str, url: str) -> Limiter:
+        """The budget a request draws on: the API's, or its photo host's."""
+        return self.photos(urlsplit(url).netloc) if kind == "photo" else self.api
 
     def _headers(self, kind: str, url: str) -> dict[str, str]:
         headers = dict(api.HOME_HEADERS if kind == "home" else api.HEADERS)
@@ -194,15 +215,25 @@ class Session:
     ) -> httpx.Response:
         tries = refreshes = 0
         walled = False
+        limiter = self.limiter(kind, url)
         while True:
-            await self._start()
+            await self._count()
             gen = self._cookie_gen
             try:
-                resp = await self.client.get(url, params=params, headers=self._headers(kind, url))
+                async with limiter.slot():
+                    resp = await self.client.get(
+                        url, params=params, headers=self._headers(kind, url)
+                    )
             except httpx.TimeoutException:
                 reason = "timeout"
             except (httpx.TransportError, httpx.DecodingError) as exc:
                 reason = f"network: {type(exc).__name__}"
+            except UrlError as exc:  # the address guard, before any connection
+                if kind == "photo" and exc.refused:
+                    raise FetchError("refused_address") from exc
+                if exc.refused:
+                    raise
+                reason = "network: cannot resolve host"
             else:
                 if urlsplit(str(resp.url)).netloc == self.host:
                     self._keep_cookies(resp)
@@ -224,9 +255,7 @@ class Session:
                             "to hours), then re-run the same command with a larger --delay."
                         )
                     walled = True
-                    self._paused_until = max(
-                        self._paused_until, time.monotonic() + self.p.block_pause
-                    )
+                    limiter.pause(self.p.block_pause)
                     continue
                 if status == 429:
                     reason, wait = "rate_limited", _retry_after(resp, self.p.max_retry_after)
@@ -249,6 +278,11 @@ class Session:
                 raise FetchError(reason)
             self.retried += 1
             await asyncio.sleep(self._backoff(tries))
+
+
+def connections(p: Politeness) -> int:
+    """Connections a crawl's client may hold: both budgets' requests at once, and a spare."""
+    return p.concurrency + p.photo_concurrency + 2
 
 
 def _is_html(resp: httpx.Response) -> bool:

@@ -25,7 +25,7 @@ DB_FILE = "crawl.db"
 MAX_TRIES = 3
 """Runs that may retry a page or photo that failed for a transient reason."""
 
-FINAL_ERRORS = ("corrupt_image", "not_found", "forbidden", "bad_url")
+FINAL_ERRORS = ("corrupt_image", "not_found", "forbidden", "bad_url", "refused_address")
 """Photo failures that another try will not fix."""
 
 SCHEMA = """
