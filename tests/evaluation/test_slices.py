@@ -108,3 +108,14 @@ def test_report_section():
     assert "Pink" in html and "27.3 (9.7-56.6)" in html  # 3/11 and its Wilson interval
     assert "1 images have no colour" in html
     assert "No slices were asked for" in report._slices({})
+
+
+def test_a_tiny_slice_is_never_meaningful():
+    """One wrong photo against a 90 % rest: its interval excludes 0, but 1 in 10 is chance."""
+    truth = np.zeros((101, 1), dtype=np.int64)
+    pred = truth.copy()
+    pred[:11, 0] = 1  # the odd row wrong, and 10 of the 100 others
+    spec = SliceSpec("colour", "attribute", [("Peach",)] + [("Black",)] * 100)
+    gaps = slice_block(spec, truth, pred, ["gender"], [2])["gaps"]
+    peach = next(g for g in gaps if g["value"] == "Peach")
+    assert peach["gap_ci95"][1] < 0 and not peach["meaningful"]

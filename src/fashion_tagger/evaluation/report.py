@@ -569,7 +569,7 @@ def _slices(m: dict[str, Any]) -> str:
             f"{_gap_table(block['gaps'])}"
             f'<p class="note">{flagged} of these gaps are meaningful: the 95 % interval of the '
             "difference between the value's accuracy and the rest's (Newcombe's hybrid score "
-            "interval) excludes 0. Listed most convincing first. "
+            "interval) excludes 0, on a slice of at least 10 images. Listed most convincing first. "
             f"{block['n_without_value']:,} images have no {_e(name)}.</p>"
             f"{_slice_values(block)}"
         )

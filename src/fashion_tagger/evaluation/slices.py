@@ -4,9 +4,12 @@ A slice is the rows sharing one value of a name (`colour=Pink`): a level, an att
 a meta key, as `dataset.fields` resolves it. For each value and each level this gives the rows,
 accuracy (with its Wilson 95 % interval) and macro F1, and then the gaps: each value's accuracy
 against the rest of the split's, with Newcombe's 95 % interval on the difference. A gap whose
-interval excludes 0 is `meaningful`: the sample sizes support it. Gaps are listed most
-convincing first (the interval's bound nearest 0, farthest from it), so a 0 % on a slice of one
-photo does not outrank a 10-point gap on two hundred.
+interval excludes 0, on a slice of at least `MIN_N` rows (and a rest as large), is `meaningful`:
+the sample sizes support it. (Below that the score intervals are too optimistic: one wrong
+photo against a 90 % rest "excludes 0", yet a 90 % model gets one photo wrong one time in ten.)
+Gaps are listed meaningful ones first, then most convincing first (the interval's bound nearest
+0, farthest from it), so a 0 % on a slice of one photo does not outrank a 10-point gap on two
+hundred.
 
 Pure functions on arrays, like `metrics`; `evaluate` feeds them and writes the result under
 `slices` in metrics.json.
@@ -25,6 +28,8 @@ from fashion_tagger.evaluation import metrics
 
 GAPS = 5
 """Gaps listed per name (the most convincing ones; every value's numbers are in `values`)."""
+MIN_N = 10
+"""Rows a slice (and the rest) needs before its gap can be called meaningful."""
 
 
 @dataclass(frozen=True)
@@ -77,10 +82,17 @@ def _gaps(
                     "rest_accuracy": rest_k / rest_n,
                     "gap": d,
                     "gap_ci95": [low, high],
-                    "meaningful": bool(low > 0 or high < 0),
+                    "meaningful": bool((low > 0 or high < 0) and min(b["n"], rest_n) >= MIN_N),
                 }
             )
-    out.sort(key=lambda g: (-max(g["gap_ci95"][0], -g["gap_ci95"][1]), g["value"], g["level"]))
+    out.sort(
+        key=lambda g: (
+            not g["meaningful"],
+            -max(g["gap_ci95"][0], -g["gap_ci95"][1]),
+            g["value"],
+            g["level"],
+        )
+    )
     return out[:GAPS]
 
 
