@@ -101,8 +101,8 @@ def _print_audit(result: AuditResult, page: Path | None, directory: Path, top: i
         f"[bold]{result.issues:,}[/] of {result.rows:,} rows flagged; written to {result.path}"
     )
     if page is not None:
-        console.print(f"review them in {page}, then: fashion-tagger dataset relabel {directory} "
-                      "--decisions decisions.json")  # fmt: skip
+        console.print(f"review them: fashion-tagger review {directory} (or open {page} "
+                      f"offline), then: fashion-tagger dataset relabel {directory}")  # fmt: skip
     console.print(
         f"features: {result.backbone}, {result.embedded_now:,} images embedded now; "
         f"{result.seconds.get('features', 0):.0f} s features, "

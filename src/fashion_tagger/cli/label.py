@@ -70,8 +70,16 @@ def label_cmd(
 @app.command("review")
 def review_cmd(
     dataset_dir: Path = typer.Argument(..., help="A dataset dir with label_issues.parquet."),
-    out: Path | None = typer.Option(
-        None, "--out", help="The HTML file (default DATASET_DIR/review.html)."
+    port: int = typer.Option(8001, "--port", min=1, max=65535, help="Port to listen on."),
+    host: str = typer.Option(
+        "127.0.0.1", "--host", help="Address to listen on (the default: this machine only)."
+    ),
+    static: Path | None = typer.Option(
+        None,
+        "--static",
+        "--out",
+        help="Write the self-contained page to this HTML file instead of serving it (works "
+        "offline; decisions stay in the browser until exported).",
     ),
     max_rows: int = typer.Option(
         2000, "--max-rows", min=1, help="The most rows on the page (highest scores first)."
@@ -80,13 +88,34 @@ def review_cmd(
         False, "--all", help="Every scored row, not only those flagged as issues."
     ),
 ) -> None:
-    """Write the self-contained review page of a dataset dir's label issues: thumbnails, given
-    versus suggested path, sorting and filters; keys a/r/u accept, reject, undo, e exports the
-    decisions file for `fashion-tagger dataset relabel`.
+    """Review a dataset dir's label issues in the browser: thumbnails, given versus suggested
+    path, sorting and filters; keys a/r/u accept, reject, undo, e exports the decisions.
 
-    Example: fashion-tagger review data/products --out review.html
+    Served (the default), every decision is stored in DATASET_DIR/review/decisions.jsonl before
+    the page moves on, and `fashion-tagger dataset relabel DATASET_DIR` applies them. With
+    --static the page is one HTML file to open anywhere; its exported decisions file goes to
+    `dataset relabel --decisions FILE`.
+
+    Example: fashion-tagger review data/products --port 8001
+    Example: fashion-tagger review data/products --static review.html
     """
-    from fashion_tagger.curation.review import write_review_page
+    if static is not None:
+        from fashion_tagger.curation.review import write_review_page
 
-    page = write_review_page(dataset_dir, out, only_issues=not all_rows, max_rows=max_rows)
-    console.print(f"[green]wrote[/] {page}")
+        page = write_review_page(dataset_dir, static, only_issues=not all_rows, max_rows=max_rows)
+        console.print(f"[green]wrote[/] {page}")
+        return
+    from fashion_tagger.errors import require
+
+    require("fastapi", "serve")
+    uvicorn = require("uvicorn", "serve")
+    from fashion_tagger.curation.server import create_app
+
+    hosts = tuple(dict.fromkeys([host, "127.0.0.1", "localhost"]))
+    app_ = create_app(dataset_dir, only_issues=not all_rows, max_rows=max_rows, hosts=hosts)
+    console.print(
+        f"reviewing {dataset_dir} on http://{host}:{port}/ ; decisions are stored in "
+        f"{dataset_dir / 'review' / 'decisions.jsonl'}; then: fashion-tagger dataset relabel "
+        f"{dataset_dir}"
+    )
+    uvicorn.run(app_, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)

@@ -147,13 +147,18 @@ class Journal:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
-    def append(self, *decisions: Decision) -> None:
-        """Append decisions, durably (fsynced) before returning; compacts now and then."""
+    def append(self, *decisions: Decision) -> list[Decision]:
+        """Append decisions, durably (fsynced) before returning; compacts now and then.
+
+        Returns:
+            The decisions as stored (stamped with the time, unless they carry one).
+        """
         checked = [_check(d) for d in decisions]
         if not checked:
-            return
+            return []
         stamp = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
-        data = b"".join(_line(d if d.at else _with_at(d, stamp)) for d in checked)
+        checked = [d if d.at else _with_at(d, stamp) for d in checked]
+        data = b"".join(_line(d) for d in checked)
         with self._locked():
             created = not self.path.exists()
             fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
@@ -170,6 +175,7 @@ class Journal:
             lines, live = self._counts()
             if lines - live >= COMPACT_SLACK:
                 self._compact_locked()
+        return checked
 
     def entries(self) -> list[Decision]:
         """Every decision in the journal, oldest first; a torn last line is left out."""

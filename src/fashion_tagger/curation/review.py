@@ -44,7 +44,7 @@ def _template() -> str:
     return resources.files("fashion_tagger.curation").joinpath("static/review.html").read_text()
 
 
-def _as_rows(issues: Issues) -> list[dict[str, Any]]:
+def as_rows(issues: Issues) -> list[dict[str, Any]]:
     """A table, a pandas DataFrame or dicts, as a list of dicts."""
     if isinstance(issues, pa.Table):
         return issues.to_pylist()
@@ -53,7 +53,8 @@ def _as_rows(issues: Issues) -> list[dict[str, Any]]:
     return [dict(r) for r in issues]
 
 
-def _path(value: Any) -> list[str]:
+def as_path(value: Any) -> list[str]:
+    """A path cell (a list, one name, null or a pandas NaN) as a list of names."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return []
     if isinstance(value, str):
@@ -98,7 +99,7 @@ def page_data(
     thumb: int = THUMB,
 ) -> dict[str, Any]:
     """What the page embeds: the rows to review (with thumbnails) and a few facts."""
-    every = _as_rows(issues)
+    every = as_rows(issues)
     chosen = _select(every, only_issues, max_rows)
     candidates = len(_select(every, only_issues, len(every)))
     rows = []
@@ -110,8 +111,8 @@ def page_data(
                 "order": order,
                 "image": image,
                 "item_id": str(r.get("item_id") or ""),
-                "given": _path(r.get("given")),
-                "suggested": _path(r.get("suggested")),
+                "given": as_path(r.get("given")),
+                "suggested": as_path(r.get("suggested")),
                 "score": _score(r.get("score")),
                 "kind": str(r.get("kind") or "issue"),
                 "level": "" if level is None else str(level),
