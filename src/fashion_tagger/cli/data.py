@@ -119,33 +119,57 @@ def import_fashion_mnist_cmd(
     report(result, as_json)
 
 
+IMAGE_COLUMN = typer.Option(
+    "image",
+    "--image-column",
+    help="Image path (relative to the manifest's folder / --image-root), http(s) or s3:// URL.",
+)
+LABEL_COLUMNS = typer.Option(
+    None, "--label-columns", help="Label columns, one per level, root first: a,b,c."
+)
+ATTRIBUTE_COLUMNS = typer.Option(
+    None, "--attribute-columns", help="Columns that become column=value attributes: x,y."
+)
+ITEM_COLUMN = typer.Option(None, "--item-column", help="Product id column.")
+SPLIT_COLUMN = typer.Option(None, "--split-column", help="train/val/test column.")
+CATEGORY_COLUMN = typer.Option(
+    None,
+    "--category-column",
+    help="Marketplace category id column (e.g. catalog_id), mapped by --category-tree.",
+)
+CATEGORY_TREE = typer.Option(
+    None,
+    "--category-tree",
+    help="crawl.db of a marketplace crawl: its category tree maps ids to label paths.",
+)
+TIMEOUT = typer.Option(30.0, "--timeout", help="Seconds per image download.")
+ALLOW_PRIVATE = typer.Option(
+    False,
+    "--allow-private-hosts",
+    help="Fetch image URLs on private, loopback or link-local addresses (trusted networks).",
+)
+
+
 @import_app.command("csv")
 def import_csv_cmd(
     src: Path = typer.Argument(..., help="A .csv or .parquet manifest, one row per image."),
     out: str = OUT,
-    image_column: str = typer.Option(
-        "image", "--image-column", help="Image path (relative to the manifest's folder) or URL."
-    ),
-    label_columns: str = typer.Option(
-        ..., "--label-columns", help="Label columns, one per level, root first: a,b,c."
-    ),
-    attribute_columns: str = typer.Option(
-        None, "--attribute-columns", help="Columns that become column=value attributes: x,y."
-    ),
-    item_column: str = typer.Option(None, "--item-column", help="Product id column."),
-    split_column: str = typer.Option(None, "--split-column", help="train/val/test column."),
-    timeout: float = typer.Option(30.0, "--timeout", help="Seconds per image download."),
-    allow_private_hosts: bool = typer.Option(
-        False,
-        "--allow-private-hosts",
-        help="Fetch image URLs on private, loopback or link-local addresses (trusted networks).",
-    ),
+    image_column: str = IMAGE_COLUMN,
+    label_columns: str = LABEL_COLUMNS,
+    attribute_columns: str = ATTRIBUTE_COLUMNS,
+    item_column: str = ITEM_COLUMN,
+    split_column: str = SPLIT_COLUMN,
+    category_column: str = CATEGORY_COLUMN,
+    category_tree: Path = CATEGORY_TREE,
+    timeout: float = TIMEOUT,
+    allow_private_hosts: bool = ALLOW_PRIVATE,
     workers: int = WORKERS,
     progress: bool = PROGRESS,
     as_json: bool = JSON,
 ) -> None:
     """Import any CSV or Parquet manifest: choose the image, label, attribute, item and split
-    columns; paths leaving the manifest's folder are refused.
+    columns; paths leaving the manifest's folder are refused; s3:// images are fetched
+    concurrently; a category id column can give the label path through a crawl's tree.
 
     Example: fashion-tagger import csv shop/manifest.csv --label-columns category,type --attribute-columns colour --out data/shop
     """
@@ -157,6 +181,58 @@ def import_csv_cmd(
         attribute_columns=_split_list(attribute_columns),
         item_column=item_column,
         split_column=split_column,
+        category_column=category_column,
+        category_tree=category_tree,
+        timeout=timeout,
+        workers=workers,
+        progress=progress,
+        allow_private_hosts=allow_private_hosts,
+    )
+    report(result, as_json)
+
+
+@import_app.command("sql")
+def import_sql_cmd(
+    url: str = typer.Argument(
+        ..., help="SQLAlchemy database URL: postgresql://user@host/db, sqlite:///shop.db."
+    ),
+    out: str = OUT,
+    query: str = typer.Option(..., "--query", help='The rows to import: "SELECT ..."'),
+    image_column: str = IMAGE_COLUMN,
+    label_columns: str = LABEL_COLUMNS,
+    attribute_columns: str = ATTRIBUTE_COLUMNS,
+    item_column: str = ITEM_COLUMN,
+    split_column: str = SPLIT_COLUMN,
+    category_column: str = CATEGORY_COLUMN,
+    category_tree: Path = CATEGORY_TREE,
+    image_root: Path = typer.Option(
+        None,
+        "--image-root",
+        help="Folder that relative image paths are under (default: URLs only).",
+    ),
+    timeout: float = TIMEOUT,
+    allow_private_hosts: bool = ALLOW_PRIVATE,
+    workers: int = WORKERS,
+    progress: bool = PROGRESS,
+    as_json: bool = JSON,
+) -> None:
+    """Import the rows of a SQL query (through SQLAlchemy, streamed in batches), with the same
+    column options as `import csv`.
+
+    Example: fashion-tagger import sql postgresql://shop@db/catalogue --query "SELECT url, category, type FROM listings" --image-column url --label-columns category,type --out data/shop
+    """
+    result = get_importer("sql")(
+        url,
+        out,
+        query=query,
+        image_column=image_column,
+        label_columns=_split_list(label_columns),
+        attribute_columns=_split_list(attribute_columns),
+        item_column=item_column,
+        split_column=split_column,
+        category_column=category_column,
+        category_tree=category_tree,
+        image_root=image_root,
         timeout=timeout,
         workers=workers,
         progress=progress,

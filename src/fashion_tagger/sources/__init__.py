@@ -12,6 +12,7 @@ _IMPORTERS: dict[str, str] = {
     "folders": "fashion_tagger.sources.folders:import_folders",
     "fashion-mnist": "fashion_tagger.sources.fashion_mnist:import_fashion_mnist",
     "csv": "fashion_tagger.sources.csv_manifest:import_csv",
+    "sql": "fashion_tagger.sources.sql:import_sql",
     "hdf5": "fashion_tagger.sources.hdf5:import_hdf5",
     "zappos": "fashion_tagger.sources.zappos:import_zappos",
 }
