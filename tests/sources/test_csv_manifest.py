@@ -10,6 +10,7 @@ import threading
 import pandas as pd
 import pytest
 from conftest import image_bytes
+from s3_server import s3_bucket_fixture, s3_endpoint_fixture  # noqa: F401
 from typer.testing import CliRunner
 
 from fashion_tagger.cli import app
@@ -121,3 +122,73 @@ def test_urls_to_private_addresses_are_refused_before_connecting(tmp_path, serve
     assert len(result.dataset) == 1
     assert result.report["reasons"] == {"unreadable": len(hosts)}
     assert "refused before connecting" in json.dumps(result.report)
+
+
+def test_object_store_images_are_fetched_concurrently(tmp_path, s3, monkeypatch):
+    """s3:// images on the local S3 server: fetched (several at once), stored, labelled; a
+    missing key is a skipped row; file://, local:// and chained URLs are refused unread."""
+    import threading
+    import time
+
+    import fsspec
+
+    from fashion_tagger.sources import csv_manifest
+
+    fs = fsspec.filesystem("s3")
+    bucket = s3.removeprefix("s3://")
+    for i in range(6):
+        fs.pipe_file(f"{bucket}/img/{i}.png", image_bytes("PNG", color=(i, 7, 7)))
+    (tmp_path / "secret.png").write_bytes(image_bytes("PNG", color=(5, 5, 5)))
+    live, peak, lock = [0], [0], threading.Lock()
+    real = csv_manifest.fetch_object
+
+    def counting(url, max_bytes):
+        with lock:
+            live[0] += 1
+            peak[0] = max(peak[0], live[0])
+        try:
+            time.sleep(0.2)  # a round trip: the others must start meanwhile
+            return real(url, max_bytes)
+        finally:
+            with lock:
+                live[0] -= 1
+
+    monkeypatch.setattr(csv_manifest, "fetch_object", counting)
+    lines = ["image,kind"] + [f"{s3}/img/{i}.png,Bags" for i in range(6)]
+    lines += [f"{s3}/img/nope.png,Bags", f"file://{tmp_path}/secret.png,Bags",
+              f"local://{tmp_path}/secret.png,Bags", f"simplecache::{s3}/img/0.png,Bags"]  # fmt: skip
+    (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
+    result = import_csv(tmp_path / "m.csv", tmp_path / "ds", label_columns=["kind"], workers=1,
+                        progress=False)  # fmt: skip
+    assert len(result.dataset) == 6
+    assert sorted(r["source_url"] for r in result.dataset.table.to_pylist()) == [
+        f"{s3}/img/{i}.png" for i in range(6)
+    ]
+    assert result.report["reasons"] == {"unreadable": 1, "unsupported_url": 3}
+    assert "does not exist" in json.dumps(result.report["skipped_records"])
+    assert peak[0] > 1  # fetched concurrently, not one after another
+
+
+def test_category_tree_in_a_csv(tmp_path):
+    from fashion_tagger.sources.vinted.categories import Leaf
+    from fashion_tagger.sources.vinted.state import State
+
+    state = State(tmp_path / "crawl")
+    state.add_categories([Leaf(10, ("Women", "Bags")), Leaf(11, ("Men", "Shoes", "Boots"))])
+    state.db.close()
+    root = tmp_path / "m"
+    root.mkdir()
+    for i in range(3):
+        (root / f"{i}.png").write_bytes(image_bytes("PNG", color=(i, 1, 1)))
+    (root / "m.csv").write_text("image,catalog_id\n0.png,10\n1.png,11.0\n2.png,99\n")
+    kw = dict(category_column="catalog_id", workers=1, progress=False)
+    result = import_csv(
+        root / "m.csv", tmp_path / "ds", category_tree=tmp_path / "crawl" / "crawl.db", **kw
+    )
+    rows = {r["source_url"]: r["labels"] for r in result.dataset.table.to_pylist()}
+    assert rows == {"0.png": ["Women", "Bags"], "1.png": ["Men", "Shoes", "Boots"]}
+    assert result.report["reasons"] == {"unknown_category": 1}
+    with pytest.raises(DatasetError, match="needs its tree"):
+        import_csv(root / "m.csv", tmp_path / "ds2", **kw)
+    with pytest.raises(DatasetError, match="give at least one label column"):
+        import_csv(root / "m.csv", tmp_path / "ds3", workers=1)
