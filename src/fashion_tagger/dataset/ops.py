@@ -296,14 +296,18 @@ def parse_where(specs: Sequence[str]) -> tuple[tuple[str, tuple[str, ...]], ...]
 
 
 def where_mask(ds: Dataset, where: Where) -> np.ndarray:
-    """Rows meeting every condition. A NAME this dataset lacks, or a value no row has, is an
-    error listing what it has: a typo would otherwise drop every row, or none, silently."""
+    """Rows meeting every condition. A NAME this dataset lacks, a value no row has, or
+    conditions no row meets together, are errors saying what the dataset has: a typo would
+    otherwise drop every row, or none, silently."""
     keep = np.ones(len(ds), dtype=bool)
     for name, values in where:
         f = fields.field(ds, name, "--where")
         f.check_values(values, "--where")
         wanted = set(values)
         keep &= np.array([bool(wanted.intersection(vs)) for vs in f.values], dtype=bool)
+    if where and not keep.any():
+        said = " and ".join(f"{n}={','.join(v)}" for n, v in where)
+        raise DatasetError(f"no row has {said}; each --where is met alone, but not all together")
     return keep
 
 
@@ -327,6 +331,30 @@ def _check_filter_args(
         raise DatasetError(
             "nothing to do: give --where, --min-per-class, --max-per-class, --cap-ratio or --sample"
         )
+
+
+def _cap_classes(
+    members: dict[Leaf, list[str]],
+    sizes: dict[str, int],
+    max_per_class: int | None,
+    cap_ratio: float | None,
+    seed: int,
+) -> tuple[set[str], int | None, int]:
+    """The items kept when each class is capped at `max_per_class` images (or `cap_ratio` x
+    the mean class size), the cap, and how many classes it cut."""
+    class_images = {c: sum(sizes[i] for i in m) for c, m in members.items()}
+    cap = max_per_class
+    if cap_ratio is not None and class_images:
+        cap = max(1, int(cap_ratio * sum(class_images.values()) / len(class_images)))
+    chosen: set[str] = set()
+    capped = 0
+    for c in sorted(members):
+        if cap is not None and class_images[c] > cap:
+            capped += 1
+            chosen |= _take_items(members[c], sizes, cap, _rng(seed, c))
+        else:
+            chosen |= set(members[c])
+    return chosen, cap, capped
 
 
 def filter_dataset(
@@ -362,9 +390,6 @@ def filter_dataset(
     items = ds.table.column("item_id").to_pylist()
     before = Counter(classes)
     keep = where_mask(ds, where)
-    if where and not keep.any():
-        said = " and ".join(f"{n}={','.join(v)}" for n, v in where)
-        raise DatasetError(f"no row has {said}; each --where is met alone, but not all together")
     dropped_by_where = int((~keep).sum())
     present = Counter(c for c, k in zip(classes, keep, strict=True) if k)
 
@@ -389,17 +414,7 @@ def filter_dataset(
     cap = max_per_class
     capped = 0
     if max_per_class is not None or cap_ratio is not None:
-        members, sizes = grouped()
-        class_images = {c: sum(sizes[i] for i in m) for c, m in members.items()}
-        if cap_ratio is not None and class_images:
-            cap = max(1, int(cap_ratio * sum(class_images.values()) / len(class_images)))
-        chosen: set[str] = set()
-        for c in sorted(members):
-            if class_images[c] > cap:
-                capped += 1
-                chosen |= _take_items(members[c], sizes, cap, _rng(seed, c))
-            else:
-                chosen |= set(members[c])
+        chosen, cap, capped = _cap_classes(*grouped(), max_per_class, cap_ratio, seed)
         keep_items(chosen)
 
     if sample is not None:
