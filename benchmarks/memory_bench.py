@@ -102,11 +102,14 @@ class Sampler(threading.Thread):
         super().__init__(daemon=True)
         self.pid, self.interval = pid, interval
         self.peak_own = self.peak_rss = self.peak_procs = self.samples = 0
+        self.series: list[tuple[float, int, int, int]] = []
         self.done = threading.Event()
 
     def run(self) -> None:
+        t0 = time.perf_counter()
         while not self.done.is_set():
             own, rss, n = tree_memory(self.pid)
+            self.series.append((round(time.perf_counter() - t0, 2), own // MiB, rss // MiB, n))
             self.peak_own, self.peak_rss = max(self.peak_own, own), max(self.peak_rss, rss)
             self.peak_procs = max(self.peak_procs, n)
             self.samples += 1
@@ -148,6 +151,9 @@ def measure(dataset: Path, run_dir: Path, args: argparse.Namespace) -> dict:
     wall = time.perf_counter() - started
     if proc.returncode:
         raise SystemExit(f"train failed ({proc.returncode}): {' '.join(cmd)}")
+    with open(run_dir.parent / "memory.csv", "w") as f:  # when the peak came: which phase
+        f.write("seconds,own_mib,rss_mib,processes\n")
+        f.writelines(",".join(map(str, row)) + "\n" for row in sampler.series)
     result = json.loads(stdout)
     throughput = result.get("throughput", {})
     return {

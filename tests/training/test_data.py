@@ -133,3 +133,17 @@ def test_a_damaged_cache_is_decoded_again(split_data, tmp_path) -> None:
     np.save(ok_file, np.ones(3, dtype=bool))  # a mask that does not fit the split
     again, bad = data.load_split(ds, "val", spec, tmp_path, workers=0, progress=False)
     assert bad == 1 and np.array_equal(again.images, want)
+
+
+def test_evaluation_batches_are_capped_by_their_size_not_training_ones() -> None:
+    from fashion_tagger.training.data import BatchDataset, eval_batch_size, make_loader
+
+    assert eval_batch_size(128, (3, 224, 224)) == 32
+    assert eval_batch_size(128, (3, 64, 64)) == 128  # small images keep their batch
+    assert eval_batch_size(128, (512,)) == 128  # features of a frozen backbone
+    big = np.zeros((70, 3, 224, 224), dtype=np.uint8)
+    ds = BatchDataset(big, np.zeros((70, 1), np.int64), np.zeros((70, 0), np.float32))
+    val = make_loader(ds, 128, shuffle=False, seed=0, distributed=False)
+    assert [len(b[0]) for b in val] == [32, 32, 6]
+    train = make_loader(ds, 64, shuffle=True, seed=0, distributed=False)
+    assert [len(b[0]) for b in train] == [64]

@@ -283,13 +283,32 @@ class BatchDataset(torch.utils.data.Dataset):
         )
 
 
+EVAL_BATCH_VALUES = 32 * 3 * 224 * 224
+"""The most input values in one evaluation batch: 32 images at 224x224 (an activation of the
+first stage of a CNN is then a few hundred MB), 392 at 64x64; training batches are as given."""
+
+
+def eval_batch_size(batch_size: int, item_shape: tuple[int, ...]) -> int:
+    """`batch_size`, lowered where its batches would hold more than `EVAL_BATCH_VALUES`
+    values: evaluation needs no large batch (no batch statistics are kept), and at 224x224 a
+    batch of 128 costs a gigabyte of activations for nothing."""
+    per_item = max(1, int(np.prod(item_shape)))
+    return max(1, min(batch_size, EVAL_BATCH_VALUES // per_item))
+
+
 def make_loader(
     ds: BatchDataset, batch_size: int, shuffle: bool, seed: int, distributed: bool
 ) -> torch.utils.data.DataLoader:
     """Fast whole-batch indexing on one device; a standard per-sample loader under DDP (so
-    Lightning can shard it with its DistributedSampler)."""
+    Lightning can shard it with its DistributedSampler).
+
+    An evaluation loader (`shuffle=False`) holds at most `EVAL_BATCH_VALUES` input values a
+    batch (see `eval_batch_size`): its activations, not the data, are then what a large input
+    size costs in memory."""
     from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 
+    if not shuffle:
+        batch_size = eval_batch_size(batch_size, ds.images.shape[1:])
     if distributed:
         return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, drop_last=shuffle)
     gen = torch.Generator().manual_seed(seed)
