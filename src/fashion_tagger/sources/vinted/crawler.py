@@ -42,7 +42,7 @@ from fashion_tagger.sources.vinted.session import (
     Session,
     connections,
 )
-from fashion_tagger.sources.vinted.state import DonePhoto, State
+from fashion_tagger.sources.vinted.state import DonePhoto, State, crawl_kind
 from fashion_tagger.sources.vinted.wire import WireTransport, pending_answers
 
 UNISEX_RULES = ("relabel", "keep-first", "keep-both")
@@ -238,7 +238,7 @@ def write_dataset(out: Path, state: State, config: CrawlConfig) -> Dataset:
 
 # -- the crawl ---------------------------------------------------------------------------------
 @contextlib.contextmanager
-def _locked(out: Path, wait: float) -> Iterator[int]:
+def crawl_lock(out: Path, wait: float) -> Iterator[int]:
     """Hold `out`'s crawl lock (its file descriptor, shared with the network helper, which
     keeps it while it drains); waits up to `wait` seconds for a killed crawl's helper."""
     out.mkdir(parents=True, exist_ok=True)
@@ -432,7 +432,7 @@ def crawl_vinted(
             f"{out} holds a dataset that was not crawled; give --out a new or crawled dir"
         )
     pol = config.politeness
-    with _locked(out, wait=2 * pol.timeout + 5) as lock_fd:
+    with crawl_lock(out, wait=2 * pol.timeout + 5) as lock_fd:
         state = State(out)
         try:
             if state.get_meta("created") is None:
@@ -492,6 +492,10 @@ def crawl_status(out: str | Path) -> dict[str, Any]:
     out = Path(out)
     if not (out / "crawl.db").is_file():
         raise CrawlError(f"{out} has no crawl.db: it was not made by `fashion-tagger crawl`")
+    if crawl_kind(out) == "shop":
+        from fashion_tagger.sources.shop import shop_status
+
+        return shop_status(out)
     state = State(out)
     try:
         summary = state.summary()

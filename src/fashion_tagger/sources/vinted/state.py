@@ -82,12 +82,30 @@ class DonePhoto:
     """(path, gender) per category, in crawl order."""
 
 
+def crawl_kind(root: Path) -> str | None:
+    """`vinted` or `shop` for the crawl whose state is in `root`, None when there is none."""
+    path = root / DB_FILE
+    if not path.is_file():
+        return None
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as exc:
+        raise FashionTaggerError(f"{path} is not a crawl state file ({exc})") from exc
+    return "shop" if "sitemaps" in names else "vinted" if "listings" in names else None
+
+
 class State:
     """The crawl state of one dataset dir; one writer at a time."""
 
     def __init__(self, root: Path) -> None:
         root.mkdir(parents=True, exist_ok=True)
         self.path = root / DB_FILE
+        if crawl_kind(root) == "shop":
+            raise FashionTaggerError(f"{self.path} is a shop crawl's state; use another --out")
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
             self.db.execute("PRAGMA journal_mode=WAL")
