@@ -12,13 +12,21 @@ Three measurements, each a real `fashion-tagger crawl vinted` subprocess against
 Listings/s counts the listings that reached the dataset (with their photo), photos/s the photos
 stored, both over the crawl's own wall time (the CLI's start-up excluded).
 
+4. projection (#22): the default politeness (API 1 s x 2, photos their own per-host budget) on
+   a market whose API answers in --api-latency and whose image CDN in --photo-latency; the
+   search-page and photo rates it measures project the author's full crawl (491 leaf
+   categories x 300 listings) in hours, beside the one-limiter arithmetic of before.
+
 Example: python benchmarks/crawl_bench.py --latency 0.02 --kills 5
+         python benchmarks/crawl_bench.py --skip-polite --skip-fast --skip-kills \\
+             --api-latency 0.3 --photo-latency 0.1
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import signal
 import subprocess
@@ -34,14 +42,23 @@ from fashion_tagger.testing.fake_marketplace import FakeVinted
 CLI = [sys.executable, "-c", "from fashion_tagger.cli import main; main()"]
 
 
+FULL_LEAVES, FULL_PER_LEAF, PAGE_SIZE = 491, 300, 96
+"""The author's crawl, and the site's page size."""
+
+
 def _cmd(
-    fake: FakeVinted, out: Path, per_category: int, delay: float, concurrency: int
+    fake: FakeVinted, out: Path, per_category: int, delay: float | None, concurrency: int | None
 ) -> list[str]:
-    return [
+    """The CLI call; `delay`/`concurrency` None leave every politeness option at its default."""
+    cmd = [
         *CLI, "crawl", "vinted", "--base-url", fake.url, "--out", str(out),
-        "--per-category", str(per_category), "--delay", str(delay),
-        "--concurrency", str(concurrency), "--allow-private-hosts", "--no-progress", "--json",
+        "--per-category", str(per_category), "--allow-private-hosts", "--no-progress", "--json",
     ]  # fmt: skip
+    if delay is not None:
+        cmd += ["--delay", str(delay), "--photo-delay", str(delay)]
+    if concurrency is not None:
+        cmd += ["--concurrency", str(concurrency), "--photo-concurrency", str(concurrency)]
+    return cmd
 
 
 def _expected(fake: FakeVinted, per_category: int) -> set[str]:
@@ -124,6 +141,46 @@ def kills(args: argparse.Namespace) -> dict:
         }
 
 
+def projection(args: argparse.Namespace) -> dict:
+    """The default politeness at realistic latencies, projected to 491 leaves x 300 listings."""
+    from fashion_tagger.sources.vinted import Politeness
+
+    p = Politeness()
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        FakeVinted(
+            categories=args.projection_categories,
+            items_per_category=args.projection_items,
+            latency=args.api_latency,
+            photo_latency=args.photo_latency,
+        ) as fake,
+    ):
+        out = Path(tmp) / "ds"
+        cmd = _cmd(fake, out, args.projection_items, None, None)
+        result = json.loads(subprocess.run(cmd, capture_output=True, check=True).stdout)
+    page_rate = result["pages"] / result["listing_seconds"]
+    photo_rate = result["photos"] / result["photo_seconds"]
+    pages = FULL_LEAVES * math.ceil(FULL_PER_LEAF / PAGE_SIZE)
+    photos = FULL_LEAVES * FULL_PER_LEAF
+    hours = (pages / page_rate + photos / photo_rate) / 3600
+    # before #22: one limiter (1 s between starts, 2 in flight) for search pages and photos
+    one_limiter = max(p.delay, max(args.api_latency, args.photo_latency) / p.concurrency)
+    return {
+        "api_latency": args.api_latency,
+        "photo_latency": args.photo_latency,
+        "api": f"--delay {p.delay:g} --concurrency {p.concurrency}",
+        "photos": f"--photo-delay {p.photo_delay:g} --photo-concurrency {p.photo_concurrency}",
+        "measured_pages": result["pages"],
+        "measured_photos": result["photos"],
+        "pages_per_s": round(page_rate, 2),
+        "photos_per_s": round(photo_rate, 2),
+        "full_crawl_pages": pages,
+        "full_crawl_photos": photos,
+        "projected_hours": round(hours, 2),
+        "one_limiter_hours": round((pages + photos) * one_limiter / 3600, 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -138,6 +195,12 @@ def main() -> None:
     parser.add_argument("--kill-concurrency", type=int, default=8)
     parser.add_argument("--skip-polite", action="store_true")
     parser.add_argument("--skip-fast", action="store_true")
+    parser.add_argument("--skip-kills", action="store_true")
+    parser.add_argument("--skip-projection", action="store_true")
+    parser.add_argument("--api-latency", type=float, default=0.3, help="projection: API (s)")
+    parser.add_argument("--photo-latency", type=float, default=0.1, help="projection: CDN (s)")
+    parser.add_argument("--projection-categories", type=int, default=4)
+    parser.add_argument("--projection-items", type=int, default=100)
     args = parser.parse_args()
     report = {}
     if not args.skip_polite:
@@ -146,8 +209,12 @@ def main() -> None:
     if not args.skip_fast:
         report["fast"] = speed(args, args.categories, args.items, 0.0, 8)
         print(json.dumps(report["fast"]), flush=True)
-    report["kills"] = kills(args)
-    print(json.dumps(report["kills"]), flush=True)
+    if not args.skip_kills:
+        report["kills"] = kills(args)
+        print(json.dumps(report["kills"]), flush=True)
+    if not args.skip_projection:
+        report["projection"] = projection(args)
+        print(json.dumps(report["projection"]), flush=True)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,10 @@ What it serves (the category tree, its leaves, the photos) is built in `fake_cat
 Run it by hand and crawl it:
 
     python -m fashion_tagger.testing.fake_marketplace --port 8765 --categories 5 \\
-        --items-per-category 40 --latency 0.02 [--faults rate_limit_every=7,server_error_every=11]
-    fashion-tagger crawl vinted --base-url http://127.0.0.1:8765 --out data/fake --delay 0
+        --items-per-category 40 --latency 0.3 --photo-latency 0.1 \\
+        [--faults rate_limit_every=7,server_error_every=11]
+    fashion-tagger crawl vinted --base-url http://127.0.0.1:8765 --out data/fake --delay 0 \\
+        --allow-private-hosts
 
 Control endpoints (not counted): `GET /__stats` (request counts), `GET /__faults`,
 `POST /__faults` with a JSON object of `Faults` fields to change them while it runs.
@@ -98,7 +100,8 @@ class FakeVinted:
     Args:
         categories: fashion leaves (Women, Men, Kids); non-fashion leaves are always added.
         items_per_category: listings per leaf.
-        latency: seconds added to every answer.
+        latency: seconds added to every answer (the API's and the home page's).
+        photo_latency: seconds added to every photo answer (the image CDN's); None: `latency`.
         page_cap: the server's cap on per_page (96 on the real site).
         photos_per_item: photos in an item detail (the first is the search result's photo).
         unisex_every: every k-th listing of a Men leaf is the same as its Women pair's (0: none).
@@ -121,8 +124,10 @@ class FakeVinted:
         cookie_ttl: float = 3600.0,
         tree_shape: str = "script",
         port: int = 0,
+        photo_latency: float | None = None,
     ) -> None:
         self.faults = faults or Faults()
+        self.photo_latency = latency if photo_latency is None else photo_latency
         self.latency, self.page_cap, self.photos_per_item = latency, page_cap, photos_per_item
         self.no_photo_every, self.cookie_ttl, self.tree_shape = (
             no_photo_every,
@@ -353,8 +358,9 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/__faults":
             return self.json(200, asdict(fake.faults))
         n, n_api, wall = self._count(path)
-        if fake.latency:
-            time.sleep(fake.latency)
+        delay = fake.photo_latency if path.startswith("/t/") else fake.latency
+        if delay:
+            time.sleep(delay)
         if wall:
             return self.send(
                 403, b"<html><body>Please verify you are a human</body></html>", "text/html"
@@ -483,6 +489,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--categories", type=int, default=5, help="fashion leaf categories")
     parser.add_argument("--items-per-category", type=int, default=40)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to each answer")
+    parser.add_argument(
+        "--photo-latency", type=float, default=None, help="seconds added to photo answers"
+    )
     parser.add_argument("--page-cap", type=int, default=96, help="the server's cap on per_page")
     parser.add_argument("--no-photo-every", type=int, default=0)
     parser.add_argument(
@@ -496,6 +505,7 @@ def main(argv: list[str] | None = None) -> None:
         categories=args.categories, items_per_category=args.items_per_category,
         latency=args.latency, faults=Faults.parse(args.faults), page_cap=args.page_cap,
         no_photo_every=args.no_photo_every, tree_shape=args.tree_shape, port=args.port,
+        photo_latency=args.photo_latency,
     ).start()  # fmt: skip
     print(f"fake marketplace at {fake.url} (Ctrl-C to stop)", flush=True)
     try:

@@ -128,6 +128,8 @@ class CrawlResult:
     failed_photos: int = 0
     replayed: int = 0
     seconds: float = 0.0
+    listing_seconds: float = 0.0
+    photo_seconds: float = 0.0
     message: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -318,8 +320,10 @@ class _Run:
         wanted = {leaf.id for leaf in chosen}
         todo = [c for c in state.categories_to_crawl() if c in wanted]
         n = cfg.politeness.concurrency
+        started = time.monotonic()
         with _progress.bar("listings", len(todo) * cfg.per_category, self.progress) as bar:
             await _pool(todo, lambda c: self._category(session, c, bar), n, self.stop)
+        self.result.listing_seconds = round(time.monotonic() - started, 3)
         if cfg.all_photos and not self.stop:
             await _pool(
                 state.listings_needing_detail(), lambda i: self._detail(session, i), n, self.stop
@@ -329,8 +333,10 @@ class _Run:
         photos = state.photos_to_fetch()
         # as many workers as the photo budgets let through: the limiters do the pacing
         n = cfg.politeness.photo_concurrency
+        started = time.monotonic()
         with _progress.bar("photos", len(photos), self.progress) as bar:
             await _pool(photos, lambda p: self._photo(session, p, bar), n, self.stop)
+        self.result.photo_seconds = round(time.monotonic() - started, 3)
 
     async def _category(self, session: Session, cid: int, bar: _progress.Bar) -> None:
         cfg, state = self.config, self.state
