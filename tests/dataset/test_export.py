@@ -218,3 +218,78 @@ def test_cli_hdf5_round_trip_through_import(tmp_path):
     assert got == want
     with h5py.File(tmp_path / "x.h5") as f:
         assert np.array_equal(np.asarray(back.load_image(0)), f["train_images"][0])
+
+
+# -- the Vinted notebook's layout, both ways (#22) -----------------------------------------------
+def _notebook_dataset(root):
+    """`make`'s six photos plus a second photo of item0 and a PNG, in train/val/test."""
+    ds = make(root)
+    extra = []
+    for k, (data, ext) in enumerate([(_jpeg((1, 2, 3)), "jpg"), (_png(), "png")]):
+        sha = hashlib.sha256(data).hexdigest()
+        extra.append({"image": store.put(root, sha, ext, data), "sha256": sha,
+                      "item_id": ["item0", "a/b:c"][k], "labels": LEAVES[0], "split": "train",
+                      "width": 40, "height": 20})  # fmt: skip
+    table = manifest.rows_to_table([*ds.table.to_pylist(), *extra])
+    return Dataset.create(root, table, {"name": "tiny", "levels": ["a", "b", "c"]})
+
+
+def _png() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (10, 10), (9, 9, 9)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_vinted_notebook_layout_round_trips_through_import_folders(tmp_path):
+    import datetime
+
+    from fashion_tagger.sources.folders import import_folders
+
+    ds = _notebook_dataset(tmp_path / "ds")
+    out = tmp_path / "exports" / "vinted_dev"
+    res = CliRunner().invoke(app, ["dataset", "export", str(tmp_path / "ds"), "--format", "folders",
+                                   "--layout", "vinted-notebook", "--out", str(out), "--json"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    result = json.loads(res.output)
+    day = datetime.date.today().isoformat()
+    assert result["archive"] == str(out / f"vinted_dev_{day}.zip")
+    assert result["images"] == 8 and result["splits"] == {"test": 2, "train": 5, "val": 1}
+    train = out / "vinted_dev_train"
+    assert sorted(p.name for p in (train / NAMES[1]).iterdir()) == [
+        "a_b_c.jpeg", "item0.jpeg", "item0__2.jpeg"
+    ]  # fmt: skip
+    assert {p.name for p in out.iterdir()} == {
+        "vinted_dev_train", "vinted_dev_val", "vinted_dev_test", f"vinted_dev_{day}.zip"
+    }  # fmt: skip
+    png_copy = Image.open(train / NAMES[1] / "a_b_c.jpeg")
+    assert png_copy.format == "JPEG"  # every file is the .jpeg its name says
+    with zipfile.ZipFile(result["archive"]) as zf:
+        names = sorted(zf.namelist())
+    assert len(names) == 8 and all(n.startswith("vinted_dev_") for n in names)
+
+    def back(src, dest):
+        got = import_folders(src, dest, workers=1, progress=False).dataset.to_pandas()
+        return sorted((r.item_id, tuple(r.labels), r.split, r.sha256) for r in got.itertuples())
+
+    from_zip = back(result["archive"], tmp_path / "from_zip")
+    from_dir = back(out, tmp_path / "from_dir")  # the unzipped folders read the same
+    assert from_zip == from_dir
+    orig = ds.to_pandas()
+    want = sorted(
+        (r.item_id.replace("/", "_").replace(":", "_"), tuple(class_names(ds)[tuple(r.labels)].split("__")), r.split)
+        for r in orig.itertuples()
+    )  # fmt: skip
+    assert [t[:3] for t in from_zip] == want  # items, class paths and splits kept
+    jpeg_shas = {r.sha256 for r in orig.itertuples() if r.image.endswith(".jpg")}
+    assert jpeg_shas <= {t[3] for t in from_zip}  # JPEGs byte for byte
+
+
+def test_vinted_notebook_layout_needs_splits_and_the_folders_format(tmp_path):
+    ds = make(tmp_path / "ds", splits=("train", "", "val", "train", "val", "train"))
+    with pytest.raises(DatasetError, match="split per image"):
+        export(ds, "folders", tmp_path / "o", layout="vinted-notebook", progress=False)
+    with pytest.raises(DatasetError, match="--format folders"):
+        export(ds, "zip", tmp_path / "o.zip", layout="vinted-notebook", progress=False)
+    with pytest.raises(DatasetError, match="--layout"):
+        export(ds, "folders", tmp_path / "o", layout="nope", progress=False)
+    assert not (tmp_path / "o").exists()

@@ -291,6 +291,12 @@ def export_cmd(
     ),
     grayscale: bool = typer.Option(False, "--grayscale", help="One channel instead of three."),
     split_name: str = typer.Option(None, "--split", help="Export only this split."),
+    layout: str = typer.Option(
+        "imagefolder",
+        "--layout",
+        help="folders: imagefolder, or vinted-notebook (<name>_<split>/<class>/<item id>.jpeg "
+        "and a dated zip).",
+    ),
     shard_size: str = typer.Option(
         "256MB", "--shard-size", help="webdataset: the most bytes per tar shard (256MB, 1GB)."
     ),
@@ -329,6 +335,7 @@ def export_cmd(
         split=split_name,
         workers=workers,
         progress=progress,
+        layout=layout,
     )
     if as_json:
         print_json(result.to_dict())

@@ -8,14 +8,21 @@ sanitised), the layout of torchvision's ImageFolder and of a Kaggle upload. The 
 `<split>_images` (N, S, S, 3) or (N, S, S) uint8 and `<split>_labels` for train, test (and val),
 plus `label_map` ("index,name" strings); labels index the sorted list of sanitised leaf names.
 
+With `layout="vinted-notebook"` the folder tree is the seed notebook's instead (the Vinted
+author's): `<name>_<split>/<label path joined by "__">/<item id>.jpeg` for each split, beside a
+dated zip of those folders (`<name>_<YYYY-MM-DD>.zip`), where `<name>` is the --out folder's
+name; `import folders` reads either back with the splits kept.
+
 Every export is written to a temp path beside the target and renamed at the end, so an
 interrupted export never leaves a half-written file or tree at the target.
 """
 
 from __future__ import annotations
 
+import datetime
 import io
 import os
+import re
 import shutil
 import tempfile
 import zipfile
@@ -37,6 +44,8 @@ from fashion_tagger.errors import DatasetError
 from fashion_tagger.taxonomy import sanitize_name
 
 FORMATS = ("folders", "zip", "hdf5")
+LAYOUTS = ("imagefolder", "vinted-notebook")
+"""Folder layouts: torchvision's ImageFolder (the default), or the Vinted notebook's."""
 HDF5_DEFAULT_SIZE = 64
 CHUNK = 256
 """Images decoded and written per step: memory stays bounded whatever the dataset size."""
@@ -52,6 +61,8 @@ class ExportResult:
     failed: int
     classes: int
     splits: dict[str, int]
+    archive: str = ""
+    """The dated zip of the vinted-notebook layout."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -198,6 +209,67 @@ def _to_zip(ds, rows, names, out: Path, size, grayscale, workers, bar) -> int:
         return _export_tree(ds, rows, names, write, size, grayscale, workers, bar)
 
 
+def notebook_file_name(item_id: str, taken: set[str]) -> str:
+    """`<item id>.jpeg`, the id made file-safe; a second photo of the item gets `__2`..."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", item_id).strip("._") or "item"
+    name, k = f"{safe}.jpeg", 1
+    while name in taken:
+        k += 1
+        name = f"{safe}__{k}.jpeg"
+    taken.add(name)
+    return name
+
+
+def _jpeg(path: Path, size: int | None, grayscale: bool) -> bytes:
+    """The image as JPEG bytes: a stored JPEG as it is, anything else re-encoded."""
+    if size is None and not grayscale and path.suffix.lower() in (".jpg", ".jpeg"):
+        return path.read_bytes()
+    img = images.decode(path, size=size)
+    img = letterbox(img, size, grayscale) if size else img.convert("L" if grayscale else "RGB")
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _to_notebook(ds, rows, names, out: Path, size, grayscale, workers, bar) -> tuple[int, Path]:
+    """The Vinted notebook's layout: `<name>_<split>/<class>/<item id>.jpeg`, and its dated zip."""
+    name = sanitize_name(out.name)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    labels, ids = ds.labels, ds.table.column("item_id").to_pylist()
+    image_paths = ds.table.column("image").to_pylist()
+    taken: dict[str, set[str]] = {}
+    archive = f"{name}_{datetime.date.today().isoformat()}.zip"
+    failed = 0
+    try:
+        with (
+            ThreadPoolExecutor(workers) as pool,
+            zipfile.ZipFile(tmp / archive, "w", allowZip64=True) as zf,
+        ):
+            for chunk in _chunks(rows, CHUNK):
+                paths = [ds.root / image_paths[i] for i, _ in chunk]
+                datas = pool.map(lambda p: _safe(_jpeg, p, size, grayscale), paths)
+                for (i, split), data in zip(chunk, datas, strict=True):
+                    bar.advance()
+                    if data is None:
+                        failed += 1
+                        continue
+                    folder = f"{name}_{split}/{names[tuple(labels[i])]}"
+                    arcname = (
+                        f"{folder}/{notebook_file_name(ids[i], taken.setdefault(folder, set()))}"
+                    )
+                    (tmp / folder).mkdir(parents=True, exist_ok=True)
+                    (tmp / arcname).write_bytes(data)
+                    info = zipfile.ZipInfo(arcname, date_time=(1980, 1, 1, 0, 0, 0))
+                    info.external_attr = 0o644 << 16
+                    zf.writestr(info, data)  # stored: JPEGs do not deflate
+        (tmp / archive).chmod(0o644)
+        tmp.chmod(0o755)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return failed, out / archive
+
+
 def _to_hdf5(ds, rows, names, out: Path, size: int, grayscale, workers, bar) -> int:
     import h5py
 
@@ -261,10 +333,12 @@ def export(
     split: str | None = None,
     workers: int | None = None,
     progress: bool = True,
+    layout: str = "imagefolder",
 ) -> ExportResult:
     """Write the dataset (or one split) to `out` as `folders`, `zip` or `hdf5`.
 
     Args:
+        layout: for `folders`, `imagefolder` or `vinted-notebook` (see the module docstring).
         size: fit images in `size` x `size`, padded square on white, as JPEG (hdf5: default 64).
         grayscale: one channel instead of three.
         split: export only this split (its rows go under the split's folder / datasets).
@@ -275,11 +349,20 @@ def export(
         raise DatasetError(f"--format {fmt!r} is unknown; choose one of {every}")
     if size is not None and not 8 <= size <= 4096:
         raise DatasetError(f"--size {size} must be between 8 and 4096 pixels, e.g. --size 224")
+    if layout not in LAYOUTS:
+        raise DatasetError(f"--layout {layout!r} is unknown; choose one of {', '.join(LAYOUTS)}")
+    if layout != "imagefolder" and fmt != "folders":
+        raise DatasetError(f"--layout {layout} goes with --format folders, not {fmt}")
     out = Path(out)
     if out.exists():
         raise DatasetError(f"{out} already exists; choose another --out or delete it first")
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = _selected(ds, split)
+    if layout == "vinted-notebook" and any(top == "all" for _, top in rows):
+        raise DatasetError(
+            "the vinted-notebook layout needs a split per image and some rows have none; run "
+            f"`fashion-tagger dataset split {ds.url} --val 0.2` first, or export one --split"
+        )
     if fmt == "hdf5":
         size = size or HDF5_DEFAULT_SIZE
         tops = {top for _, top in rows}
@@ -298,8 +381,13 @@ def export(
     workers = workers or usable_cores()
     ds.with_table(ds.table.take([i for i, _ in rows])).local_images(progress=progress)
     writer = {"folders": _to_folders, "zip": _to_zip, "hdf5": _to_hdf5}[fmt]
+    archive = ""
     with _progress.bar(f"export {fmt}", total=len(rows), enabled=progress) as bar:
-        failed = writer(ds, rows, names, out, size, grayscale, workers, bar)
+        if layout == "vinted-notebook":
+            failed, zipped = _to_notebook(ds, rows, names, out, size, grayscale, workers, bar)
+            archive = str(zipped)
+        else:
+            failed = writer(ds, rows, names, out, size, grayscale, workers, bar)
     if out.is_file():
         out.chmod(0o644)  # temp files are created private; an export is meant to be shared
     labels = ds.labels
@@ -313,4 +401,5 @@ def export(
         failed=failed,
         classes=len({names[tuple(labels[i])] for i, _ in rows}),
         splits=dict(sorted(counts.items())),
+        archive=archive,
     )
