@@ -213,3 +213,16 @@ def test_image_dataset_over_object_storage(data, s3) -> None:
     fsspec.filesystem("s3").put(f"{data.shards}/", shard_url.removeprefix("s3://"), recursive=True)
     shards = tds.ShardDataset(shard_url, "val")
     assert len(list(shards)) == len(shards) == len(ds)
+
+
+def test_shard_rank_comes_from_the_environment_at_use(data, monkeypatch) -> None:
+    """Made before the launcher sets the rank, the dataset still splits by it when iterated."""
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    ds = tds.ShardDataset(data.shards, "train")
+    total = len(ds)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert ds.rank == 1 and len(ds) == total // 2 == len(list(ds))
+    with pytest.raises(DatasetError, match="rank 3 is not in a world of 2"):
+        tds.ShardDataset(data.shards, "train", rank=3)

@@ -227,20 +227,20 @@ class HDF5Dataset(torch.utils.data.Dataset):
         pixels = np.asarray(self._images()[i])
         if pixels.ndim == 3 and pixels.shape[2] == 1:
             pixels = pixels[:, :, 0]
-        img = Image.fromarray(pixels, "L" if pixels.ndim == 2 else "RGB").convert("RGB")
+        img = Image.fromarray(np.ascontiguousarray(pixels)).convert("RGB")
         x = self.transform(img) if self.transform is not None else img
         return x, _target(self._levels[i], torch.zeros(0))
 
 
 def _world(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    """This process's (rank, world size): given, else torch.distributed's, else the launcher's
-    environment (torchrun, Lightning), else (0, 1)."""
-    if rank is not None and world_size is not None:
-        return rank, world_size
+    """This process's (rank, world size): as given, else torch.distributed's, else the
+    launcher's environment (torchrun's RANK / WORLD_SIZE), else (0, 1)."""
     dist = torch.distributed
     if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        found = dist.get_rank(), dist.get_world_size()
+    else:
+        found = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    return (found[0] if rank is None else rank), (found[1] if world_size is None else world_size)
 
 
 def _split_even(total: int, parts: int, k: int) -> int:
@@ -361,10 +361,25 @@ class ShardDataset(torch.utils.data.IterableDataset):
         self.shards, self.counts = names, [int(s["samples"]) for s in shards]
         self.split, self.transform = split, transform
         self.shuffle, self.seed, self.buffer, self.epoch = shuffle, seed, buffer, 0
-        self.rank, self.world_size = _world(rank, world_size)
-        if not 0 <= self.rank < self.world_size:
-            raise DatasetError(f"rank {self.rank} is not in a world of {self.world_size}")
+        self._given = (rank, world_size)
+        self._checked()  # a rank outside the world is an error now, not at the first batch
         self._col = {n: j for j, n in enumerate(self.attribute_names)}
+
+    @property
+    def rank(self) -> int:
+        """This process's rank: given, else looked up at each use, so a dataset made before
+        `torch.distributed` starts (in the launcher's parent, say) still splits by rank."""
+        return self._checked()[0]
+
+    @property
+    def world_size(self) -> int:
+        return self._checked()[1]
+
+    def _checked(self) -> tuple[int, int]:
+        rank, world = _world(*self._given)
+        if not 0 <= rank < world:
+            raise DatasetError(f"rank {rank} is not in a world of {world}")
+        return rank, world
 
     def _read_json(self, name: str) -> dict[str, Any]:
         try:
@@ -435,10 +450,9 @@ class ShardDataset(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[tuple[Any, dict[str, torch.Tensor]]]:
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        shards, mods, cap = plan_worker(
-            self.counts, self._order(), self.rank, self.world_size, worker, workers
-        )
-        rng = random.Random(hash((self.seed, self.epoch, self.rank, worker)))
+        rank, world = self._checked()
+        shards, mods, cap = plan_worker(self.counts, self._order(), rank, world, worker, workers)
+        rng = random.Random(hash((self.seed, self.epoch, rank, worker)))
         yielded, buf = 0, []
         while yielded < cap:
             before = yielded
