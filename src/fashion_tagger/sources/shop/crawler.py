@@ -387,7 +387,11 @@ def write_dataset(out: Path, state: ShopState, config: ShopConfig) -> Dataset:
 def _unreachable(url: str, exc: FetchError, out: Path) -> CrawlError:
     """One line naming the host, for a request the crawl cannot go on without."""
     if exc.reason == "refused_address":  # the guard's own message names the opt-in flag
-        return CrawlError(exc.body.decode())
+        return CrawlError(
+            f"{urlsplit(url).netloc}: {exc.body.decode()}; the crawl state in "
+            f"{out / 'crawl.db'} is kept: re-run the same command (with that flag if the host "
+            "is yours)"
+        )
     return CrawlError(
         f"{urlsplit(url).netloc}: {exc.reason} (after retries) on {url}; the crawl state in "
         f"{out / 'crawl.db'} is kept: re-run the same command"

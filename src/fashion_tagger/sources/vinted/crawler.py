@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 from PIL import Image
 
 from fashion_tagger import _progress, storage
+from fashion_tagger._net import UrlError
 from fashion_tagger.dataset import images, manifest, store
 from fashion_tagger.dataset.core import Dataset
 from fashion_tagger.dataset.manifest import DatasetInfo, ManifestRow, SourceRef
@@ -469,6 +470,8 @@ def crawl_vinted(
                         run.stop.append(f"blocked:{exc}")
                     except FetchError as exc:  # a request the whole run depends on failed
                         raise _unreachable(config.url, exc, out) from exc
+                    except UrlError as exc:  # the site itself refused by the address guard
+                        raise _refused(config.url, exc, out) from exc
 
             stopped = "interrupted"
             try:
@@ -521,6 +524,14 @@ def _unreachable(url: str, exc: FetchError, out: Path | None = None) -> CrawlErr
         f"; the crawl state in {out / 'crawl.db'} is kept: re-run the same command" if out else ""
     )
     return CrawlError(f"{urlsplit(url).netloc or url}: {exc.reason} (after retries){kept}")
+
+
+def _refused(url: str, exc: UrlError, out: Path) -> CrawlError:
+    """One line for a site the address guard refuses (it names the opt-in flag)."""
+    return CrawlError(
+        f"{urlsplit(url).netloc or url}: {exc}; the crawl state in {out / 'crawl.db'} is kept: "
+        "re-run the same command (with that flag if the host is yours)"
+    )
 
 
 async def _list(config: CrawlConfig) -> list[str]:
