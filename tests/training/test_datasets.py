@@ -213,6 +213,11 @@ def test_image_dataset_over_object_storage(data, s3) -> None:
     fsspec.filesystem("s3").put(f"{data.shards}/", shard_url.removeprefix("s3://"), recursive=True)
     shards = tds.ShardDataset(shard_url, "val")
     assert len(list(shards)) == len(shards) == len(ds)
+    fsspec.filesystem("s3").put_file(str(data.h5), f"{s3.removeprefix('s3://')}/ds.h5")
+    h5 = tds.HDF5Dataset(f"{s3}/ds.h5", "val", TRANSFORM)
+    assert len(h5) == len(ds)
+    loader = DataLoader(h5, batch_size=8, num_workers=2, multiprocessing_context="fork")
+    assert sum(len(x) for x, _ in loader) == len(ds)
 
 
 def test_shard_rank_comes_from_the_environment_at_use(data, monkeypatch) -> None:
